@@ -1,0 +1,157 @@
+"""The one error tree of kadapt.
+
+Every error the core or a service raises on purpose derives from :class:`KadaptError`. Each class
+carries a stable ``slug`` (the problem+json ``type`` is ``PROBLEM_BASE + slug``), an HTTP status and a
+short title; services map the whole tree to problem+json with one handler, the CLI prints the message.
+Domain code never raises ``HTTPException`` and never uses ``assert`` for runtime validation.
+
+::
+
+    KadaptError
+    ├── InvalidInputError                 400  invalid-input
+    │   ├── MrdDecodeError                400  mrd-malformed
+    │   │   └── MrdTruncatedError         400  mrd-truncated
+    │   ├── GeometryMismatchError         422  geometry-mismatch     (coils / samples vs the session)
+    │   ├── NonFiniteDataError            422  non-finite-data       (NaN / Inf samples)
+    │   ├── EncodeOutOfRangeError         422  encode-out-of-range   (ky / slice / frame outside limits)
+    │   ├── DuplicateLineError            409  duplicate-line
+    │   ├── InvalidAccelerationError      422  invalid-acceleration  (impossible R or ACS for the matrix)
+    │   ├── InvalidHeaderError            422  invalid-header        (MRD XML header)
+    │   └── PayloadTooLargeError          413  payload-too-large
+    ├── NotFoundError                     404  not-found
+    │   ├── UnknownScanError              404  scan-not-found
+    │   ├── UnknownPolicyError            404  policy-not-found
+    │   ├── UnknownMaskFamilyError        404  mask-family-not-found
+    │   ├── UnknownReconMethodError       404  recon-method-not-found
+    │   └── BundleNotFoundError           404  bundle-not-found
+    ├── InvalidStateError                 409  invalid-state         (operation not allowed in this state)
+    ├── BundleError                       500  bundle-invalid
+    │   └── ChecksumMismatchError         500  checksum-mismatch
+    ├── DeadlineExceededError             504  deadline-exceeded
+    ├── ServiceUnavailableError           503  service-unavailable
+    └── JobFailedError                    500  job-failed
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://kadapt.dev/problems/"
+
+
+class KadaptError(Exception):
+    """Base of every deliberate kadapt error. ``detail`` names the bad value."""
+
+    slug: ClassVar[str] = "error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "kadapt error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        """RFC 9457 problem details for this error (JSON-serialisable)."""
+        problem: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            problem["instance"] = instance
+        problem.update({k: v for k, v in self.extra.items() if k not in problem})
+        return problem
+
+
+class InvalidInputError(KadaptError):
+    slug, status, title = "invalid-input", 400, "Invalid input"
+
+
+class MrdDecodeError(InvalidInputError):
+    slug, status, title = "mrd-malformed", 400, "Malformed MRD data"
+
+
+class MrdTruncatedError(MrdDecodeError):
+    slug, status, title = "mrd-truncated", 400, "Truncated MRD message"
+
+
+class GeometryMismatchError(InvalidInputError):
+    slug, status, title = "geometry-mismatch", 422, "Acquisition geometry does not match the scan"
+
+
+class NonFiniteDataError(InvalidInputError):
+    slug, status, title = "non-finite-data", 422, "Data contains NaN or Inf"
+
+
+class EncodeOutOfRangeError(InvalidInputError):
+    slug, status, title = "encode-out-of-range", 422, "Encoding counter outside the header's limits"
+
+
+class DuplicateLineError(InvalidInputError):
+    slug, status, title = "duplicate-line", 409, "Line already acquired"
+
+
+class InvalidAccelerationError(InvalidInputError):
+    slug, status, title = "invalid-acceleration", 422, "Impossible acceleration or ACS for the matrix"
+
+
+class InvalidHeaderError(InvalidInputError):
+    slug, status, title = "invalid-header", 422, "Invalid MRD header"
+
+
+class PayloadTooLargeError(InvalidInputError):
+    slug, status, title = "payload-too-large", 413, "Request body too large"
+
+
+class NotFoundError(KadaptError):
+    slug, status, title = "not-found", 404, "Not found"
+
+
+class UnknownScanError(NotFoundError):
+    slug, status, title = "scan-not-found", 404, "Unknown scan"
+
+
+class UnknownPolicyError(NotFoundError):
+    slug, status, title = "policy-not-found", 404, "Unknown sampling policy"
+
+
+class UnknownMaskFamilyError(NotFoundError):
+    slug, status, title = "mask-family-not-found", 404, "Unknown mask family"
+
+
+class UnknownReconMethodError(NotFoundError):
+    slug, status, title = "recon-method-not-found", 404, "Unknown reconstruction method"
+
+
+class BundleNotFoundError(NotFoundError):
+    slug, status, title = "bundle-not-found", 404, "Model bundle not found"
+
+
+class InvalidStateError(KadaptError):
+    slug, status, title = "invalid-state", 409, "Operation not allowed in the current state"
+
+
+class BundleError(KadaptError):
+    slug, status, title = "bundle-invalid", 500, "Invalid model bundle"
+
+
+class ChecksumMismatchError(BundleError):
+    slug, status, title = "checksum-mismatch", 500, "Checksum mismatch"
+
+
+class DeadlineExceededError(KadaptError):
+    slug, status, title = "deadline-exceeded", 504, "Deadline exceeded"
+
+
+class ServiceUnavailableError(KadaptError):
+    slug, status, title = "service-unavailable", 503, "Service unavailable"
+
+
+class JobFailedError(KadaptError):
+    slug, status, title = "job-failed", 500, "Job failed"
