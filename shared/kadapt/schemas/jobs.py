@@ -6,7 +6,7 @@ from enum import Enum
 
 from pydantic import Field
 
-from kadapt.schemas._base import WireModel
+from kadapt.schemas._base import StrTuple, WireModel
 
 
 class ReconStatus(str, Enum):
@@ -30,7 +30,7 @@ class ReconJob(WireModel):
     kspace_sha256: str
     mask_path: str
     mask_sha256: str
-    outputs: tuple[str, ...] = ("npy",)
+    outputs: StrTuple = ("npy",)
     header_xml: str | None = None
     created_unix_ms: float = 0.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kadapt.schemas._base import WireModel
+from kadapt.schemas._base import IntTuple, IntTupleTuple, WireModel
 
 
 class PlanRequest(WireModel):
@@ -14,7 +14,8 @@ class PlanRequest(WireModel):
     deadline has passed at admission, dequeue and before inference. ``acquired`` lists the ky lines
     already acquired (always including the centred ACS block of ``num_acs`` lines). ``acs_npy_b64``
     optionally carries the ACS k-space (complex64 ``(coil, H, num_acs)``, ``.npy`` bytes, base64) for
-    samplers that look at the scan.
+    samplers that look at the scan. ``acquired_per_frame`` (dynamic policies, one tuple per frame) adds
+    lines acquired in single frames only; ``acquired`` holds the lines acquired in every frame.
     """
 
     scan_id: str
@@ -25,7 +26,8 @@ class PlanRequest(WireModel):
     frames: int = Field(default=1, gt=0)
     acceleration: float = Field(gt=1.0)
     num_acs: int = Field(ge=1)
-    acquired: tuple[int, ...] = ()
+    acquired: IntTuple = ()
+    acquired_per_frame: IntTupleTuple | None = None
     round: int = Field(default=0, ge=0)
     seed: int = Field(default=0, ge=0)
     deadline_unix_ms: float
@@ -41,8 +43,8 @@ class PlanResponse(WireModel):
 
     scan_id: str
     policy: str
-    lines: tuple[int, ...]
-    frame_lines: tuple[tuple[int, ...], ...] | None = None
+    lines: IntTuple
+    frame_lines: IntTupleTuple | None = None
     round: int = 0
     final: bool = True
     degraded: bool = False

@@ -6,7 +6,7 @@ from enum import Enum
 
 from pydantic import Field
 
-from kadapt.schemas._base import WireModel
+from kadapt.schemas._base import IntTuple, StrTuple, WireModel
 from kadapt.schemas.plans import PlanResponse
 
 
@@ -39,7 +39,7 @@ class ScanPolicy(WireModel):
     plan_deadline_ms: float = Field(default=200.0, gt=0.0, le=60_000.0)
     fallback: str = Field(default="vd-random", description="fixed mask family used when the sampler fails")
     recon: str = Field(default="cg-sense", description="reconstruction method or bundle name")
-    outputs: tuple[str, ...] = Field(default=("npy", "png", "mrd"))
+    outputs: StrTuple = Field(default=("npy", "png", "mrd"))
     retrospective: bool = Field(
         default=False, description="fully sampled upload; the gateway keeps only the planned lines"
     )
@@ -73,7 +73,7 @@ class ScanPublic(WireModel):
     policy: ScanPolicy
     geometry: ScanGeometry
     acquired_lines: int = Field(description="distinct (slice, frame, ky) lines stored")
-    planned_lines: tuple[int, ...] = Field(default=(), description="ky lines of the current plan")
+    planned_lines: IntTuple = Field(default=(), description="ky lines of the current plan")
     plan: PlanResponse | None = None
     recon_job_id: str | None = None
     error: str | None = None

@@ -1,0 +1,123 @@
+"""Centered orthonormal FFTs in torch and the one complex <-> channel converter pair.
+
+Same convention as :mod:`kadapt.kspace.fft` (fastMRI's): ``fft2c(x) = fftshift(fft2(ifftshift(x)))`` with
+``norm="ortho"`` over the last two spatial axes ``(H, W)`` -- readout kx along H, phase encode ky along W.
+
+Two layouts exist:
+
+- complex tensors ``(..., H, W)`` (complex64) for everything outside an exported model;
+- real tensors ``(..., H, W, 2)`` (real part, imaginary part last) inside models that are exported to
+  ONNX. :func:`fft2c_real` / :func:`ifft2c_real` do the shifts on the real tensor and only take a complex
+  view (:func:`torch.view_as_complex`) around ``torch.fft``, which is what the dynamo ONNX exporter can
+  lower to a ``DFT`` node (opset 18); the legacy exporter cannot.
+
+A model's channel input/output uses :func:`complex_to_channels` / :func:`channels_to_complex`, the only
+converter pair in kadapt (handbook architecture section 3).
+
+This module imports torch; keep it out of :mod:`kadapt.kspace`'s ``__init__`` (the gateway imports the
+numpy FFT and must not pull torch in).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kadapt.errors import InvalidInputError
+
+_SPATIAL_DIMS = (-2, -1)
+# In the (..., H, W, 2) layout the spatial axes sit one position further left.
+_REAL_LAYOUT_SPATIAL_DIMS = (-3, -2)
+
+
+def _require_complex(x: torch.Tensor, name: str) -> None:
+    if not x.is_complex():
+        raise InvalidInputError(
+            f"{name} needs a complex tensor, got dtype {x.dtype} with shape {tuple(x.shape)}"
+        )
+    if x.ndim < 2:
+        raise InvalidInputError(f"{name} needs at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
+
+
+def _require_real_layout(x: torch.Tensor, name: str) -> None:
+    if x.is_complex() or not x.is_floating_point():
+        raise InvalidInputError(
+            f"{name} needs a real floating tensor (..., H, W, 2), got dtype {x.dtype}, shape {tuple(x.shape)}"
+        )
+    if x.ndim < 3 or x.shape[-1] != 2:
+        raise InvalidInputError(f"{name} needs shape (..., H, W, 2), got shape {tuple(x.shape)}")
+
+
+def fft2c(x: torch.Tensor) -> torch.Tensor:
+    """Image ``(..., H, W)`` complex -> k-space ``(..., H, W)`` complex (centered, orthonormal)."""
+    _require_complex(x, "fft2c")
+    shifted = torch.fft.ifftshift(x, dim=_SPATIAL_DIMS)
+    kspace: torch.Tensor = torch.fft.fftshift(
+        torch.fft.fft2(shifted, dim=_SPATIAL_DIMS, norm="ortho"), dim=_SPATIAL_DIMS
+    )
+    return kspace
+
+
+def ifft2c(x: torch.Tensor) -> torch.Tensor:
+    """K-space ``(..., H, W)`` complex -> image ``(..., H, W)`` complex; adjoint and inverse of fft2c."""
+    _require_complex(x, "ifft2c")
+    shifted = torch.fft.ifftshift(x, dim=_SPATIAL_DIMS)
+    image: torch.Tensor = torch.fft.fftshift(
+        torch.fft.ifft2(shifted, dim=_SPATIAL_DIMS, norm="ortho"), dim=_SPATIAL_DIMS
+    )
+    return image
+
+
+def _fft2c_real(x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    # Shifts are rolls on the real tensor; the complex view lives only around the FFT call so the
+    # exported graph has no complex tensors outside the DFT node.
+    shifted = torch.fft.ifftshift(x, dim=_REAL_LAYOUT_SPATIAL_DIMS)
+    as_complex = torch.view_as_complex(shifted.contiguous())
+    transform = torch.fft.ifft2 if inverse else torch.fft.fft2
+    transformed = torch.view_as_real(transform(as_complex, dim=_SPATIAL_DIMS, norm="ortho"))
+    result: torch.Tensor = torch.fft.fftshift(transformed, dim=_REAL_LAYOUT_SPATIAL_DIMS)
+    return result
+
+
+def fft2c_real(x: torch.Tensor) -> torch.Tensor:
+    """Image ``(..., H, W, 2)`` real -> k-space ``(..., H, W, 2)`` real (last axis: real, imaginary).
+
+    Equal to ``view_as_real(fft2c(view_as_complex(x)))``; written so that it exports with
+    ``torch.onnx.export(..., dynamo=True)``. Needs float32 or float64.
+    """
+    _require_real_layout(x, "fft2c_real")
+    return _fft2c_real(x, inverse=False)
+
+
+def ifft2c_real(x: torch.Tensor) -> torch.Tensor:
+    """K-space ``(..., H, W, 2)`` real -> image ``(..., H, W, 2)`` real; the inverse of :func:`fft2c_real`."""
+    _require_real_layout(x, "ifft2c_real")
+    return _fft2c_real(x, inverse=True)
+
+
+def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
+    """Complex ``(..., C, H, W)`` -> real ``(..., 2C, H, W)``: all C real parts, then all C imaginary parts.
+
+    Channel ``c`` holds ``x[..., c, :, :].real`` and channel ``C + c`` holds ``x[..., c, :, :].imag``
+    (not interleaved). :func:`channels_to_complex` is the exact inverse. complex64 gives float32.
+    """
+    _require_complex(x, "complex_to_channels")
+    if x.ndim < 3:
+        raise InvalidInputError(f"complex_to_channels needs shape (..., C, H, W), got shape {tuple(x.shape)}")
+    return torch.cat((x.real, x.imag), dim=-3)
+
+
+def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
+    """Real ``(..., 2C, H, W)`` (C real parts, then C imaginary parts) -> complex ``(..., C, H, W)``.
+
+    The inverse of :func:`complex_to_channels`; float32 gives complex64.
+    """
+    if x.is_complex() or not x.is_floating_point():
+        raise InvalidInputError(
+            f"channels_to_complex needs a real floating tensor (..., 2C, H, W), got dtype {x.dtype}"
+        )
+    if x.ndim < 3 or x.shape[-3] % 2 != 0:
+        raise InvalidInputError(
+            f"channels_to_complex needs an even channel count in shape (..., 2C, H, W), got {tuple(x.shape)}"
+        )
+    real, imag = torch.chunk(x, 2, dim=-3)
+    return torch.complex(real, imag)
