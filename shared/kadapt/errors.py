@@ -17,7 +17,8 @@ Domain code never raises ``HTTPException`` and never uses ``assert`` for runtime
     │   ├── DuplicateLineError            409  duplicate-line
     │   ├── InvalidAccelerationError      422  invalid-acceleration  (impossible R or ACS for the matrix)
     │   ├── InvalidHeaderError            422  invalid-header        (MRD XML header)
-    │   └── PayloadTooLargeError          413  payload-too-large
+    │   ├── PayloadTooLargeError          413  payload-too-large
+    │   └── UnsupportedMediaTypeError     415  unsupported-media-type (body content type)
     ├── NotFoundError                     404  not-found
     │   ├── UnknownScanError              404  scan-not-found
     │   ├── UnknownPolicyError            404  policy-not-found
@@ -28,6 +29,7 @@ Domain code never raises ``HTTPException`` and never uses ``assert`` for runtime
     ├── BundleError                       500  bundle-invalid
     │   └── ChecksumMismatchError         500  checksum-mismatch
     ├── DeadlineExceededError             504  deadline-exceeded
+    ├── PlanContractError                 500  plan-contract-violated (a policy's plan broke the contract)
     ├── ServiceUnavailableError           503  service-unavailable
     └── JobFailedError                    500  job-failed
 """
@@ -109,6 +111,10 @@ class PayloadTooLargeError(InvalidInputError):
     slug, status, title = "payload-too-large", 413, "Request body too large"
 
 
+class UnsupportedMediaTypeError(InvalidInputError):
+    slug, status, title = "unsupported-media-type", 415, "Unsupported media type"
+
+
 class NotFoundError(KadaptError):
     slug, status, title = "not-found", 404, "Not found"
 
@@ -147,6 +153,10 @@ class ChecksumMismatchError(BundleError):
 
 class DeadlineExceededError(KadaptError):
     slug, status, title = "deadline-exceeded", 504, "Deadline exceeded"
+
+
+class PlanContractError(KadaptError):
+    slug, status, title = "plan-contract-violated", 500, "Planned mask violates the plan contract"
 
 
 class ServiceUnavailableError(KadaptError):

@@ -1,0 +1,142 @@
+"""``create_app(settings)``: the sampler's FastAPI application (a factory; there is no module-level app).
+
+Start-up (the lifespan) builds the policy registry from the mask families and the model repository
+(checksums verified), warms every policy up with one plan, and only then reports ready; a bad bundle or
+a failed warm-up leaves the service alive but unready, with the reason in ``/readyz``. Metrics go to a
+per-app Prometheus registry, so several apps (tests, the embedded stack) never share counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from kadapt.errors import KadaptError
+from kadapt.sampler.api.problems import install_problem_handlers
+from kadapt.sampler.api.routes import SamplerState, router
+from kadapt.sampler.domain.planner import Planner, PolicyRegistry
+from kadapt.sampler.settings import SamplerSettings
+
+logger = logging.getLogger("kadapt.sampler")
+
+# Plans take 0.1-1 ms for fixed masks and a few ms for models; deadlines are tens to hundreds of ms.
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+DEADLINE_STAGES = ("admission", "queue", "dequeue", "compute", "result")
+
+
+class PrometheusObserver:
+    """The planner's metrics, all prefixed ``kadapt_sampler_``, in one :class:`CollectorRegistry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        prefix = "kadapt_sampler"
+        self.plans = Counter(
+            "plans",
+            "Plan requests by policy and outcome",
+            ["policy", "outcome"],
+            namespace=prefix,
+            registry=registry,
+        )
+        self.deadline_exceeded = Counter(
+            "deadline_exceeded",
+            "Plan requests dropped past their deadline, by stage",
+            ["stage"],
+            namespace=prefix,
+            registry=registry,
+        )
+        self.plan_seconds = Histogram(
+            "plan_seconds",
+            "Plan latency from admission to answer (or drop)",
+            ["policy"],
+            namespace=prefix,
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.queue_wait_seconds = Histogram(
+            "queue_wait_seconds",
+            "Time waiting for a compute slot",
+            namespace=prefix,
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.inflight = Gauge("inflight", "Plans holding a compute slot", namespace=prefix, registry=registry)
+        self.queued = Gauge("queued", "Plans waiting for a compute slot", namespace=prefix, registry=registry)
+        self.ready = Gauge(
+            "ready", "1 once policies are loaded and warm", namespace=prefix, registry=registry
+        )
+        for stage in DEADLINE_STAGES:
+            self.deadline_exceeded.labels(stage=stage)
+
+    def plan_done(self, policy: str, outcome: str, seconds: float) -> None:
+        self.plans.labels(policy=policy, outcome=outcome).inc()
+        self.plan_seconds.labels(policy=policy).observe(seconds)
+
+    def deadline_missed(self, stage: str) -> None:
+        self.deadline_exceeded.labels(stage=stage).inc()
+
+    def queue_waited(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def slots_changed(self, inflight: int, queued: int) -> None:
+        self.inflight.set(inflight)
+        self.queued.set(queued)
+
+
+async def start_planner(
+    state: SamplerState, observer: PrometheusObserver, registry: PolicyRegistry | None
+) -> None:
+    """Build (or take) the registry, create the planner, warm every policy up, then mark warm."""
+    settings = state.settings
+    if registry is None:
+        registry = await asyncio.to_thread(PolicyRegistry.from_sources, settings.model_repository)
+    planner = Planner(registry, max_inflight=settings.max_inflight, observer=observer)
+    if settings.warmup:
+        for policy in registry.policies():
+            try:
+                await asyncio.to_thread(planner.warm_up, policy)
+            except KadaptError as err:
+                registry.disable(policy.name, f"warm-up failed: {err.slug}: {err.detail}")
+            except Exception as err:  # a policy's own bug must leave the service unready, not dead
+                logger.exception("warm-up of policy %s crashed", policy.name)
+                registry.disable(policy.name, f"warm-up crashed: {type(err).__name__}: {err}")
+    state.failures = dict(registry.failures)
+    state.planner = planner
+    state.warm = True
+    observer.ready.set(1.0 if state.ready else 0.0)
+    for ref, reason in sorted(state.failures.items()):
+        logger.error("sampler not ready: %s: %s", ref, reason)
+
+
+def create_app(settings: SamplerSettings, *, registry: PolicyRegistry | None = None) -> FastAPI:
+    """The sampler app. ``registry`` replaces the one built from ``settings.model_repository`` (tests
+    inject policy doubles this way); it is still warmed up when ``settings.warmup``."""
+    metrics_registry = CollectorRegistry(auto_describe=True)
+    observer = PrometheusObserver(metrics_registry)
+    state = SamplerState(settings=settings, metrics_registry=metrics_registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await start_planner(state, observer, registry)
+        yield
+        observer.ready.set(0.0)
+
+    app = FastAPI(
+        title="kadapt sampler",
+        version="1",
+        summary="Deadline-aware planning of the next phase-encode lines of a scan",
+        lifespan=lifespan,
+    )
+    app.state.sampler = state
+    install_problem_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """``create_app`` with settings from the environment, for ``uvicorn --factory
+    kadapt.sampler.api.app:app_from_environment`` (process deployments)."""
+    return create_app(SamplerSettings())

@@ -1,0 +1,133 @@
+"""Routes: ``POST /v1/plan``, ``GET /v1/policies``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+Thin: parse, call the planner, answer. Errors are raised as :mod:`kadapt.errors` classes and turned into
+problem+json by :mod:`kadapt.sampler.api.problems`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
+
+from kadapt.errors import ServiceUnavailableError
+from kadapt.sampler.api.problems import PROBLEM_MEDIA_TYPE, error_response
+from kadapt.sampler.domain.planner import Planner
+from kadapt.sampler.settings import SamplerSettings
+from kadapt.schemas import PlanRequest, PlanResponse
+
+router = APIRouter()
+
+
+@dataclass
+class SamplerState:
+    """What the routes read from ``app.state.sampler``; ``planner`` is ``None`` until start-up ran,
+    ``failures`` (bundle or policy -> reason) keep the service unready."""
+
+    settings: SamplerSettings
+    metrics_registry: CollectorRegistry
+    planner: Planner | None = None
+    warm: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.planner is not None and self.warm and not self.failures
+
+
+class PolicyPublic(BaseModel):
+    """One entry of ``GET /v1/policies``."""
+
+    name: str
+    kind: str
+    dims: Literal["1d", "kt"]
+    population: bool
+    description: str
+    served_by: str
+    width: int | None = None
+    accelerations: tuple[float, ...] = ()
+
+
+def sampler_state(request: Request) -> SamplerState:
+    state: SamplerState = request.app.state.sampler
+    return state
+
+
+def ready_planner(state: Annotated[SamplerState, Depends(sampler_state)]) -> Planner:
+    """The planner, or 503 while start-up has not run."""
+    if state.planner is None:
+        raise ServiceUnavailableError("the sampler is starting: policies are not loaded yet")
+    return state.planner
+
+
+_PROBLEM: dict[str, Any] = {"content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+@router.post(
+    "/v1/plan",
+    responses={
+        404: {"description": "Unknown policy (policy-not-found)", **_PROBLEM},
+        422: {"description": "Invalid request or impossible acceleration", **_PROBLEM},
+        503: {"description": "Policies not loaded yet", **_PROBLEM},
+        504: {"description": "The deadline passed before the plan was ready (deadline-exceeded)", **_PROBLEM},
+    },
+)
+async def plan_next_lines(
+    body: PlanRequest,
+    planner: Annotated[Planner, Depends(ready_planner)],
+) -> PlanResponse:
+    """The complete ky line set for the scan's next round (``round(W / R)`` lines, ACS and acquired
+    lines included; per frame for kt policies), or a 504 once ``deadline_unix_ms`` has passed."""
+    return await planner.plan(body)
+
+
+@router.get("/v1/policies")
+async def list_policies(planner: Annotated[Planner, Depends(ready_planner)]) -> list[PolicyPublic]:
+    """The plannable policies: the 1d / kt mask families and the fixed-mask bundles."""
+    return [
+        PolicyPublic(
+            name=info.name,
+            kind=info.kind,
+            dims=info.dims,
+            population=info.population,
+            description=info.description,
+            served_by=info.served_by,
+            width=info.width,
+            accelerations=info.accelerations,
+        )
+        for info in planner.registry.infos()
+    ]
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(request: Request, state: Annotated[SamplerState, Depends(sampler_state)]) -> Any:
+    """200 once every policy is loaded, checksum-verified and warm; 503 problem+json otherwise, with
+    ``failures`` (bundle or policy -> reason)."""
+    if state.ready and state.planner is not None:
+        registry = state.planner.registry
+        return {
+            "status": "ready",
+            "policies": [policy.name for policy in registry.policies()],
+            "skipped": registry.skipped,
+        }
+    if state.planner is None:
+        detail = "policies are not loaded and warmed up yet"
+    else:
+        detail = f"{len(state.failures)} bundle(s) or policies failed: {sorted(state.failures)}"
+    err = ServiceUnavailableError(detail, warm=state.warm, failures=state.failures)
+    return error_response(err, request.url.path)
+
+
+@router.get("/metrics")
+async def metrics(state: Annotated[SamplerState, Depends(sampler_state)]) -> Response:
+    """Prometheus text exposition of this app's registry."""
+    return Response(generate_latest(state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
