@@ -1,0 +1,1 @@
+"""The recon service's HTTP API (FastAPI): health, readiness, metrics, methods, jobs."""

@@ -1,0 +1,1 @@
+"""Framework-free recon domain: classic reconstructions, the method registry, the queue worker."""
