@@ -76,6 +76,10 @@ class ScanPublic(WireModel):
     planned_lines: IntTuple = Field(default=(), description="ky lines of the current plan")
     plan: PlanResponse | None = None
     recon_job_id: str | None = None
+    recon_method_used: str | None = Field(
+        default=None, description="reconstruction that produced the images (differs when recon fell back)"
+    )
+    recon_fallback_reason: str | None = None
     error: str | None = None
 
 
@@ -87,3 +91,7 @@ class IngestReport(WireModel):
     skipped_noise: int = Field(description="noise / navigator readouts set aside")
     state: ScanState
     plan_ready: bool = Field(description="a plan is available at GET .../plan")
+    outside_plan: int = Field(
+        default=0, description="prospective mode: stored lines the current plan did not ask for"
+    )
+    staged: int = Field(default=0, description="retrospective mode: lines held until the plan is known")

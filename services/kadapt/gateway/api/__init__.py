@@ -1,0 +1,1 @@
+"""The gateway's FastAPI layer: the app factory, thin routes over ``domain``, problem+json, limits."""

@@ -1,0 +1,97 @@
+"""The gateway's app factory (never a module-level app).
+
+``create_app(settings)`` builds what is not injected: with ``settings.redis_url`` a
+:class:`RedisSessionStore` and a :class:`RedisJobQueue` (a deployment), else the in-memory store and queue
+(the embedded default); the sampler client is a pooled ``httpx.AsyncClient``. Injected objects stay the
+caller's to close; the ones built here close with the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from kadapt.gateway.api.limits import BodySizeLimit
+from kadapt.gateway.api.observability import RequestContext, configure_logging
+from kadapt.gateway.api.problems import install_problem_handlers
+from kadapt.gateway.api.routes import router
+from kadapt.gateway.domain.kspace_files import KspaceFiles
+from kadapt.gateway.domain.planning import PlanMetrics, Planner
+from kadapt.gateway.domain.scans import ScanService
+from kadapt.gateway.domain.store import MemorySessionStore, RedisSessionStore, SessionStore
+from kadapt.gateway.settings import GatewaySettings
+from kadapt.jobs import BlobStore, JobQueue, MemoryJobQueue, RedisJobQueue
+
+API_VERSION = "1.0.0"
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    sampler_client: httpx.AsyncClient | None = None,
+    queue: JobQueue | None = None,
+    store: SessionStore | None = None,
+) -> FastAPI:
+    """The gateway app over ``settings``; ``sampler_client`` / ``queue`` / ``store`` are test and
+    composition seams (e.g. an ``ASGITransport`` to an in-process sampler, a shared memory queue)."""
+    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if store is None:
+        store = RedisSessionStore.from_url(settings.redis_url) if settings.redis_url else MemorySessionStore()
+        closers.append(store.close)
+    if queue is None:
+        queue = RedisJobQueue.from_url(settings.redis_url) if settings.redis_url else MemoryJobQueue()
+        closers.append(queue.close)
+    if sampler_client is None:
+        pool = settings.sampler_pool_size
+        sampler_client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+        )
+        closers.append(sampler_client.aclose)
+    settings.scans_dir.mkdir(parents=True, exist_ok=True)
+    settings.blobs_dir.mkdir(parents=True, exist_ok=True)
+    registry = CollectorRegistry()
+    planner = Planner(
+        sampler_client,
+        sampler_url=settings.sampler_url,
+        margin_ms=settings.sampler_margin_ms,
+        margin_fraction=settings.sampler_margin_fraction,
+        metrics=PlanMetrics(registry),
+    )
+    service = ScanService(
+        store=store,
+        queue=queue,
+        planner=planner,
+        kspace_files=KspaceFiles(settings.scans_dir, max_scan_bytes=settings.max_scan_bytes),
+        blobs=BlobStore(settings.blobs_dir),
+        offload_bytes=settings.offload_bytes,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await service.close()
+            for close in reversed(closers):
+                await close()
+
+    app = FastAPI(
+        title="kadapt gateway",
+        version=API_VERSION,
+        summary="Scanner-facing API: scan sessions, plans under a deadline, recon jobs, images.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.registry = registry
+    install_problem_handlers(app)
+    app.include_router(router)
+    app.add_middleware(RequestContext, registry=registry)
+    # Added last = outermost: an oversize body is refused before anything else runs.
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,147 @@
+"""REST routes of the gateway: thin handlers over :class:`~kadapt.gateway.domain.scans.ScanService`.
+
+Binary bodies are MRD stream messages (``application/vnd.ismrmrd.stream``) or ``.npy``; JSON only for
+metadata; every error is problem+json (``api/problems.py``). See ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from kadapt.errors import ServiceUnavailableError, UnsupportedMediaTypeError
+from kadapt.gateway.domain.images import MRD_MEDIA_TYPE, NPY_MEDIA_TYPE
+from kadapt.gateway.domain.scans import ScanService
+from kadapt.schemas import IngestReport, PlanResponse, ScanCreate, ScanPublic
+
+router = APIRouter()
+
+INGEST_MEDIA_TYPES = (MRD_MEDIA_TYPE, "application/octet-stream")
+ScanId = Annotated[str, "scan id (32 hex characters)"]
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+def service_of(request: Request) -> ScanService:
+    service: ScanService = request.app.state.service
+    return service
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"], responses={503: _PROBLEM})
+async def readyz(request: Request) -> dict[str, str]:
+    """Readiness: the session store and the job queue answer."""
+    service = service_of(request)
+    store_ok = await service.store.ping()
+    queue_ok = await service.queue.ping()
+    if not (store_ok and queue_ok):
+        raise ServiceUnavailableError(
+            f"not ready: store {'ok' if store_ok else 'down'}, queue {'ok' if queue_ok else 'down'}"
+        )
+    return {"status": "ready"}
+
+
+@router.get("/metrics", tags=["health"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this app (its own registry)."""
+    registry: CollectorRegistry = request.app.state.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/v1/scans", status_code=201, tags=["scans"], responses={404: _PROBLEM, 422: _PROBLEM})
+async def create_scan(body: ScanCreate, request: Request, response: Response) -> ScanPublic:
+    """Open a scan session from the MRD XML header and the policy."""
+    scan = await service_of(request).create_scan(body)
+    response.headers["location"] = f"/v1/scans/{scan.scan_id}"
+    return scan
+
+
+@router.get("/v1/scans/{scan_id}", tags=["scans"], responses={404: _PROBLEM})
+async def get_scan(scan_id: ScanId, request: Request) -> ScanPublic:
+    """The session (its state follows the recon job's result)."""
+    return await service_of(request).get_scan(scan_id)
+
+
+@router.post(
+    "/v1/scans/{scan_id}/acquisitions",
+    tags=["scans"],
+    responses={400: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}} for media in INGEST_MEDIA_TYPES
+            },
+        }
+    },
+)
+async def ingest_acquisitions(scan_id: ScanId, request: Request) -> IngestReport:
+    """Ingest MRD messages: ACQUISITION readouts are stored, a CLOSE completes the scan."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in INGEST_MEDIA_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"content-type {media_type or '(none)'!r}; send {' or '.join(INGEST_MEDIA_TYPES)}"
+        )
+    return await service_of(request).ingest(scan_id, await request.body())
+
+
+@router.get("/v1/scans/{scan_id}/plan", tags=["scans"], responses={404: _PROBLEM, 409: _PROBLEM})
+async def get_plan(scan_id: ScanId, request: Request) -> PlanResponse:
+    """The lines to acquire; answered within the plan deadline, with the fallback mask if need be."""
+    return await service_of(request).get_plan(scan_id)
+
+
+@router.post("/v1/scans/{scan_id}/complete", tags=["scans"], responses={404: _PROBLEM, 409: _PROBLEM})
+async def complete_scan(scan_id: ScanId, request: Request, force: bool = False) -> ScanPublic:
+    """Finish acquisition and enqueue the reconstruction (``force``: the scanner says it is done)."""
+    return await service_of(request).complete(scan_id, force=force)
+
+
+@router.get(
+    "/v1/scans/{scan_id}/images",
+    tags=["scans"],
+    response_class=Response,
+    responses={
+        200: {"content": {NPY_MEDIA_TYPE: {}, "image/png": {}, MRD_MEDIA_TYPE: {}}},
+        404: _PROBLEM,
+        409: _PROBLEM,
+        422: _PROBLEM,
+    },
+)
+async def get_images(
+    scan_id: ScanId,
+    request: Request,
+    image_format: Annotated[Literal["npy", "png", "mrd"], Query(alias="format")] = "npy",
+    slice_index: Annotated[int, Query(alias="slice", ge=0)] = 0,
+    frame: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    """Magnitude images once the scan is done: ``.npy`` float32 ``(slice, frame, H, W)``, a PNG preview
+    of one (slice, frame), or an MRD stream of IMAGE messages."""
+    body, media_type = await service_of(request).images(
+        scan_id, image_format, slice_index=slice_index, frame=frame
+    )
+    return Response(body, media_type=media_type)
+
+
+@router.get(
+    "/v1/scans/{scan_id}/mask",
+    tags=["scans"],
+    response_class=Response,
+    responses={200: {"content": {NPY_MEDIA_TYPE: {}}}, 404: _PROBLEM},
+)
+async def get_mask(scan_id: ScanId, request: Request) -> Response:
+    """The acquired-line mask, bool ``(slice, frame, W)`` as ``.npy``."""
+    return Response(await service_of(request).mask(scan_id), media_type=NPY_MEDIA_TYPE)
+
+
+@router.delete("/v1/scans/{scan_id}", status_code=204, tags=["scans"], responses={404: _PROBLEM})
+async def delete_scan(scan_id: ScanId, request: Request) -> Response:
+    """Forget the scan and remove its files."""
+    await service_of(request).delete(scan_id)
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""The gateway's framework-free domain: sessions and their store, ingest, planning, completion, images."""

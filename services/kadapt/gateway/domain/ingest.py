@@ -1,0 +1,229 @@
+"""Ingest: decode one request's MRD messages, validate all of them, and prepare the lines to store.
+
+A request is all or nothing: :func:`parse_request` checks every readout (coils, samples, finite data,
+encoding counters inside the header's limits, no line twice) before anything is stored, so a bad
+request changes nothing. Readouts are handled as Gadgetron / FIRE do: noise measurements are set aside
+(kept for prewhitening), navigator / phase-correction and other non-imaging readouts are counted and
+dropped, reversed readouts (``ACQ_IS_REVERSE``) are flipped, and readout oversampling is removed per
+readout (centred inverse FFT along the readout, crop the centre ``H`` samples, forward FFT). Everything
+runs on whole arrays; nothing loops over samples in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from kadapt.errors import (
+    DuplicateLineError,
+    EncodeOutOfRangeError,
+    GeometryMismatchError,
+    InvalidInputError,
+    MrdDecodeError,
+    NonFiniteDataError,
+)
+from kadapt.gateway.domain.session import ScanSession, describe_key, line_keys
+from kadapt.kspace.fft import fft1c, ifft1c
+from kadapt.mrd.constants import ACQ_HEADER_DTYPE, NON_IMAGING_FLAGS, AcquisitionFlag, flag_mask
+from kadapt.mrd.messages import Acquisition, AcquisitionBatch, Close
+from kadapt.mrd.stream import decode_acquisitions, decode_stream
+
+_NOISE = np.uint64(flag_mask(AcquisitionFlag.ACQ_IS_NOISE_MEASUREMENT))
+_NON_IMAGING = np.uint64(flag_mask(*NON_IMAGING_FLAGS))
+_REVERSE = np.uint64(flag_mask(AcquisitionFlag.ACQ_IS_REVERSE))
+
+IntArray = NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """The messages of one request: readouts grouped by shape, each with its message index.
+
+    ``groups`` holds ``(indices (k,), batch)`` pairs, ``count`` the readouts in all, ``close`` whether a
+    CLOSE message came. TEXT / HEADER / CONFIG messages are ignored.
+    """
+
+    groups: tuple[tuple[IntArray, AcquisitionBatch], ...]
+    count: int
+    close: bool
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated request. Imaging readouts: ``slices``, ``frames``, ``columns``, ``keys``, ``reverse``
+    ``(n,)`` and ``data`` complex64 ``(n, coil, samples)`` as sent. ``noise`` ``(m, coil, samples')``
+    readouts, ``skipped`` the noise and non-imaging readouts set aside."""
+
+    slices: IntArray
+    frames: IntArray
+    columns: IntArray
+    keys: IntArray
+    reverse: NDArray[np.bool_]
+    data: NDArray[np.complex64]
+    noise: tuple[NDArray[np.complex64], ...]
+    skipped: int
+    close: bool
+
+    @property
+    def lines(self) -> int:
+        return int(self.keys.shape[0])
+
+
+def decode_request(payload: bytes) -> DecodedRequest:
+    """Decode a request body of MRD messages.
+
+    The usual body (ACQUISITION messages of one shape) is one zero-copy record view; anything else goes
+    through the general decoder. Malformed bytes raise :class:`MrdDecodeError`, a message cut short
+    :class:`MrdTruncatedError`.
+    """
+    try:
+        batch = decode_acquisitions(payload)
+    except (MrdDecodeError, GeometryMismatchError, InvalidInputError):
+        batch = None  # mixed shapes or other messages; the general decoder re-raises genuine errors
+    if batch is not None:
+        return DecodedRequest(((np.arange(len(batch), dtype=np.int64), batch),), len(batch), False)
+    messages = decode_stream(payload)
+    by_shape: dict[tuple[int, ...], list[tuple[int, Acquisition]]] = {}
+    close = False
+    count = 0
+    for message in messages:
+        if isinstance(message, Acquisition):
+            shape = (*message.data.shape, message.traj.shape[1])
+            by_shape.setdefault(shape, []).append((count, message))
+            count += 1
+        elif isinstance(message, Close):
+            close = True
+    groups = tuple(
+        (
+            np.array([index for index, _ in members], dtype=np.int64),
+            AcquisitionBatch.from_acquisitions([acquisition for _, acquisition in members]),
+        )
+        for members in by_shape.values()
+    )
+    return DecodedRequest(groups, count, close)
+
+
+def _first(mask: NDArray[np.bool_] | np.bool_, indices: IntArray) -> int:
+    """Message index of the first True entry of ``mask``."""
+    return int(indices[np.flatnonzero(np.asarray(mask))[0]])
+
+
+def _check_finite(indices: IntArray, data: NDArray[np.complex64]) -> None:
+    finite = np.isfinite(data.view(np.float32)).reshape(data.shape[0], -1).all(axis=1)
+    if not finite.all():
+        raise NonFiniteDataError(f"readout {_first(~finite, indices)} contains NaN or Inf samples")
+
+
+def parse_request(payload: bytes, session: ScanSession) -> ParsedRequest:
+    """Decode and validate one request against the session (see module docstring); stores nothing.
+
+    Raises, naming the first bad readout: :class:`GeometryMismatchError` (coils, samples),
+    :class:`NonFiniteDataError`, :class:`EncodeOutOfRangeError` (ky / slice / frame / repetition outside
+    the header), :class:`DuplicateLineError` (a line twice in this request).
+    """
+    decoded = decode_request(payload)
+    geometry, encoding = session.geometry, session.encoding
+    imaging: list[tuple[IntArray, NDArray[np.void], NDArray[np.complex64]]] = []
+    noise: list[NDArray[np.complex64]] = []
+    skipped = 0
+    for indices, batch in decoded.groups:
+        coils = batch.data.shape[1]
+        if coils != geometry.coils:
+            raise GeometryMismatchError(
+                f"readout {int(indices[0])} has {coils} coils, the scan has {geometry.coils}",
+                coils=coils,
+                expected=geometry.coils,
+            )
+        _check_finite(indices, batch.data)
+        flags = batch.heads["flags"]
+        is_noise = (flags & _NOISE) != 0
+        is_other = ~is_noise & ((flags & _NON_IMAGING) != 0)
+        is_image = ~(is_noise | is_other)
+        skipped += int(is_noise.sum() + is_other.sum())
+        if is_noise.any():
+            noise.append(np.array(batch.data[is_noise], dtype=np.complex64))
+        if is_image.any():
+            samples = batch.data.shape[2]
+            if samples != geometry.readout_samples:
+                raise GeometryMismatchError(
+                    f"readout {_first(is_image, indices)} has {samples} samples, the header's readout has "
+                    f"{geometry.readout_samples}",
+                    samples=samples,
+                    expected=geometry.readout_samples,
+                )
+            imaging.append((indices[is_image], batch.heads[is_image], batch.data[is_image]))
+    if imaging:
+        indices = np.concatenate([item[0] for item in imaging])
+        heads = np.concatenate([item[1] for item in imaging])
+        data = imaging[0][2] if len(imaging) == 1 else np.concatenate([item[2] for item in imaging])
+    else:
+        indices = np.zeros(0, dtype=np.int64)
+        heads = np.zeros(0, dtype=ACQ_HEADER_DTYPE)
+        data = np.zeros((0, geometry.coils, geometry.readout_samples), dtype=np.complex64)
+    counters = heads["idx"]
+    ky = counters["kspace_encode_step_1"].astype(np.int64)
+    slices = counters["slice"].astype(np.int64)
+    frames = counters["phase"].astype(np.int64)
+    repetitions = counters["repetition"].astype(np.int64)
+    columns = ky + encoding.ky_offset
+    checks = (
+        (
+            "ky",
+            ky,
+            (ky < encoding.ky_min) | (ky > encoding.ky_max) | (columns < 0) | (columns >= geometry.width),
+            f"[{encoding.ky_min}, {encoding.ky_max}]",
+        ),
+        ("slice", slices, slices >= geometry.slices, f"[0, {geometry.slices - 1}]"),
+        ("phase", frames, frames >= geometry.frames, f"[0, {geometry.frames - 1}]"),
+        ("repetition", repetitions, repetitions >= encoding.repetitions, f"[0, {encoding.repetitions - 1}]"),
+    )
+    for name, values, outside, limits in checks:
+        if outside.any():
+            first = int(np.flatnonzero(outside)[0])
+            raise EncodeOutOfRangeError(
+                f"readout {int(indices[first])}: {name}={int(values[first])} outside the header's "
+                f"limits {limits}",
+                counter=name,
+                value=int(values[first]),
+            )
+    keys = line_keys(slices, frames, columns, geometry)
+    unique, counts = np.unique(keys, return_counts=True)
+    if (counts > 1).any():
+        twice = int(unique[np.flatnonzero(counts > 1)[0]])
+        raise DuplicateLineError(
+            f"line {describe_key(twice, geometry, encoding)} appears more than once in this request"
+        )
+    reverse = (heads["flags"] & _REVERSE) != 0
+    return ParsedRequest(
+        slices=slices,
+        frames=frames,
+        columns=columns,
+        keys=keys,
+        reverse=reverse,
+        data=data,
+        noise=tuple(noise),
+        skipped=skipped,
+        close=decoded.close,
+    )
+
+
+def prepare_lines(
+    data: NDArray[np.complex64], reverse: NDArray[np.bool_], height: int
+) -> NDArray[np.complex64]:
+    """Readouts ``(n, coil, samples)`` as sent -> stored lines ``(n, coil, H)``.
+
+    Reversed readouts are flipped along the samples; when ``samples > H`` the readout oversampling is
+    removed: centred inverse FFT along the readout, keep the centre ``H`` samples (the field of view the
+    recon matrix covers), forward FFT back to k-space.
+    """
+    lines = np.array(data, dtype=np.complex64)
+    if reverse.any():
+        lines[reverse] = lines[reverse, :, ::-1]
+    samples = lines.shape[-1]
+    if samples == height:
+        return lines
+    start = samples // 2 - height // 2
+    profile = ifft1c(lines, axis=-1)[..., start : start + height]
+    return np.ascontiguousarray(fft1c(profile, axis=-1), dtype=np.complex64)

@@ -1,0 +1,128 @@
+"""Per-scan k-space files: one complex64 ``.npy`` memmap per scan, shared by memory and Redis modes.
+
+``<data_dir>/scans/<scan_id>/kspace.npy`` holds ``(slice, frame, coil, H, W)`` with readout oversampling
+already removed; a stored line is column ``W`` of it. Keeping samples on a (shared) volume instead of in
+the session store lets gateway replicas share scans and keeps Redis small (architecture.md section 9).
+The file is created sparse, so an untouched scan costs no disk. Noise readouts go to ``noise/`` beside it
+for a later prewhitening step.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from numpy.typing import NDArray
+
+from kadapt.errors import InvalidHeaderError, InvalidInputError
+from kadapt.schemas import ScanGeometry
+
+_SCAN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+KspaceArray = NDArray[np.complex64]
+
+
+class KspaceFiles:
+    """The k-space memmaps of all scans under ``root`` (``<data_dir>/scans``), opened once per process."""
+
+    def __init__(self, root: Path, *, max_scan_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_scan_bytes = max_scan_bytes
+        self._open: dict[str, np.memmap[tuple[int, ...], np.dtype[np.complex64]]] = {}
+
+    def directory(self, scan_id: str) -> Path:
+        if not _SCAN_ID.match(scan_id):
+            # Scan ids become path components: refuse anything but our own uuid4 hex.
+            raise InvalidInputError(f"scan id {scan_id!r} is not a 32-character hex id")
+        return self.root / scan_id
+
+    def path(self, scan_id: str) -> Path:
+        return self.directory(scan_id) / "kspace.npy"
+
+    @staticmethod
+    def shape(geometry: ScanGeometry) -> tuple[int, int, int, int, int]:
+        return (geometry.slices, geometry.frames, geometry.coils, geometry.height, geometry.width)
+
+    def check_size(self, geometry: ScanGeometry) -> None:
+        """Raise :class:`InvalidHeaderError` when the header asks for more k-space than allowed."""
+        size = int(np.prod(self.shape(geometry), dtype=np.int64)) * 8
+        if size > self.max_scan_bytes:
+            raise InvalidHeaderError(
+                f"the header's matrix {self.shape(geometry)} needs {size} bytes of k-space, "
+                f"more than the gateway's limit of {self.max_scan_bytes}"
+            )
+
+    def create(self, scan_id: str, geometry: ScanGeometry) -> None:
+        """Create the zero-filled (sparse) file ``(slice, frame, coil, H, W)``."""
+        self.check_size(geometry)
+        self.directory(scan_id).mkdir(parents=True, exist_ok=False)
+        self._open[scan_id] = open_memmap(
+            self.path(scan_id), mode="w+", dtype=np.complex64, shape=self.shape(geometry)
+        )
+
+    def open(self, scan_id: str) -> np.memmap[tuple[int, ...], np.dtype[np.complex64]]:
+        """The scan's memmap ``(slice, frame, coil, H, W)`` (opened read-write, cached)."""
+        kspace = self._open.get(scan_id)
+        if kspace is None:
+            kspace = np.load(self.path(scan_id), mmap_mode="r+")
+            self._open[scan_id] = kspace
+        return kspace
+
+    def write_lines(
+        self,
+        scan_id: str,
+        slices: NDArray[np.integer],
+        frames: NDArray[np.integer],
+        columns: NDArray[np.integer],
+        lines: KspaceArray,
+    ) -> None:
+        """Store ``lines`` ``(n, coil, H)`` at ``(slice, frame, :, :, column)`` (indices ``(n,)``) at once."""
+        if len(columns):
+            self.open(scan_id)[slices, frames, :, :, columns] = lines
+
+    def zero_lines(
+        self,
+        scan_id: str,
+        slices: NDArray[np.integer],
+        frames: NDArray[np.integer],
+        columns: NDArray[np.integer],
+    ) -> None:
+        """Zero the lines at ``(slice, frame, column)`` (staged lines the plan did not choose)."""
+        if len(columns):
+            self.open(scan_id)[slices, frames, :, :, columns] = 0
+
+    def read_acs(self, scan_id: str, columns: NDArray[np.integer], *, slice_index: int) -> KspaceArray:
+        """The ACS k-space of one slice, frame 0: ``(coil, H, num_acs)``."""
+        kspace = self.open(scan_id)
+        return np.ascontiguousarray(kspace[slice_index, 0][:, :, columns])
+
+    def read_masked(self, scan_id: str, mask: NDArray[np.bool_]) -> KspaceArray:
+        """The scan's k-space ``(slice, frame, coil, H, W)`` with zeros where ``mask`` ``(slice, frame, W)``
+        is False. ``+ 0.0`` turns the -0.0 of masked samples into +0.0 (science.md, fastMRI traps)."""
+        kspace = np.array(self.open(scan_id), dtype=np.complex64)
+        kspace *= mask[:, :, None, None, :]
+        kspace += np.complex64(0.0)
+        return kspace
+
+    def save_noise(self, scan_id: str, noise: KspaceArray) -> Path:
+        """Keep noise readouts ``(n, coil, samples)`` for prewhitening; one file per request."""
+        directory = self.directory(scan_id) / "noise"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{uuid.uuid4().hex}.npy"
+        np.save(path, noise, allow_pickle=False)
+        return path
+
+    def forget(self, scan_id: str) -> None:
+        """Drop the cached memmap (other processes keep theirs)."""
+        kspace = self._open.pop(scan_id, None)
+        if kspace is not None:
+            kspace.flush()
+
+    def delete(self, scan_id: str) -> None:
+        """Remove the scan's directory (k-space and noise)."""
+        self._open.pop(scan_id, None)
+        shutil.rmtree(self.directory(scan_id), ignore_errors=True)

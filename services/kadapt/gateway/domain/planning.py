@@ -1,0 +1,271 @@
+"""Planning under a deadline: ask the sampler, and serve the policy's fallback mask when it fails.
+
+The scanner must get an answer within the session's deadline, always (architecture.md section 4). The
+gateway sends the sampler a :class:`PlanRequest` with the absolute deadline and gives the HTTP call the
+remaining time minus a safety margin; whatever goes wrong (late, refused, an error status, a plan that
+breaks the budget or drops acquired lines) the answer becomes the fallback mask computed here, marked
+``degraded`` with the reason. The fallback is deterministic per scan
+(``default_rng([policy.seed, crc32(scan_id)])``), so every replica that computes it agrees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import ValidationError
+
+from kadapt.masks import get_family, line_budget, make_mask
+from kadapt.schemas import PlanRequest, PlanResponse, ScanGeometry, ScanPolicy
+
+PLAN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+
+
+class PlanMetrics:
+    """``plans_total{outcome}``, ``plan_seconds``, ``degraded_total{reason}`` on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.plans = Counter(
+            "kadapt_gateway_plans", "Plans answered, by outcome", ["outcome"], registry=registry
+        )
+        self.seconds = Histogram(
+            "kadapt_gateway_plan_seconds", "Time to a plan answer", buckets=PLAN_BUCKETS, registry=registry
+        )
+        self.degraded = Counter(
+            "kadapt_gateway_degraded", "Degraded (fallback) plans, by reason", ["reason"], registry=registry
+        )
+
+    def observe(self, plan: PlanResponse, seconds: float) -> None:
+        self.plans.labels(outcome="fallback" if plan.degraded else "sampler").inc()
+        self.seconds.observe(seconds)
+        if plan.degraded:
+            # Keep the label set small: the detail after ':' stays in the response and the logs.
+            self.degraded.labels(reason=(plan.reason or "unknown").split(":", 1)[0]).inc()
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What a plan is computed from: one scan's policy and geometry, the round and its deadline.
+
+    ``acquired`` are the ky columns every plan of this round must keep (the ACS block and the lines of
+    earlier rounds), sorted.
+    """
+
+    scan_id: str
+    policy: ScanPolicy
+    geometry: ScanGeometry
+    acquired: tuple[int, ...]
+    round: int
+    deadline_unix_ms: float
+    acs_npy_b64: str | None = None
+
+    def request(self) -> PlanRequest:
+        return PlanRequest(
+            scan_id=self.scan_id,
+            policy=self.policy.sampler,
+            width=self.geometry.width,
+            height=self.geometry.height,
+            coils=self.geometry.coils,
+            frames=self.geometry.frames,
+            acceleration=self.policy.acceleration,
+            num_acs=self.policy.num_acs,
+            acquired=self.acquired,
+            round=self.round,
+            seed=self.policy.seed,
+            deadline_unix_ms=self.deadline_unix_ms,
+            acs_npy_b64=self.acs_npy_b64,
+        )
+
+
+def fallback_rng(policy: ScanPolicy, scan_id: str) -> np.random.Generator:
+    """The fallback's generator: seeded by the policy seed and the scan id, identical on every replica."""
+    return np.random.default_rng([policy.seed, zlib.crc32(scan_id.encode())])
+
+
+def _complete_lines(
+    mask_lines: NDArray[np.int64], acquired: Sequence[int], budget: int, width: int
+) -> tuple[int, ...]:
+    """``acquired`` plus the mask's other lines nearest the centre, ``budget`` lines in all, sorted."""
+    chosen = set(int(line) for line in acquired)
+    others = [int(line) for line in mask_lines if int(line) not in chosen]
+    others.sort(key=lambda line: (abs(line - width // 2), line))
+    chosen.update(others[: max(0, budget - len(chosen))])
+    return tuple(sorted(chosen))
+
+
+def fallback_plan(context: PlanContext, reason: str, *, elapsed_ms: float = 0.0) -> PlanResponse:
+    """The policy's fallback mask as a final, degraded plan.
+
+    In round 0 (``acquired`` = the ACS block, which every mask family keeps) this is the family's mask
+    itself; in later rounds the lines already acquired are kept and the mask's remaining lines nearest the
+    centre fill the budget. Dynamic (``kt``) families give one line set per frame in ``frame_lines``;
+    ``lines`` is then frame 0's (as the sampler's dynamic policies answer).
+    """
+    policy, geometry = context.policy, context.geometry
+    family = get_family(policy.fallback)
+    budget = line_budget(geometry.width, policy.acceleration, policy.num_acs)
+    rng = fallback_rng(policy, context.scan_id)
+    frame_lines: tuple[tuple[int, ...], ...] | None = None
+    if family.dims == "kt":
+        masks = np.asarray(
+            make_mask(
+                policy.fallback,
+                width=geometry.width,
+                acceleration=policy.acceleration,
+                num_acs=policy.num_acs,
+                rng=rng,
+                frames=geometry.frames,
+            )
+        ).reshape(geometry.frames, geometry.width)
+        frame_lines = tuple(
+            _complete_lines(np.flatnonzero(mask), context.acquired, budget, geometry.width) for mask in masks
+        )
+        lines = frame_lines[0]
+    else:
+        mask = np.asarray(
+            make_mask(
+                policy.fallback,
+                width=geometry.width,
+                acceleration=policy.acceleration,
+                num_acs=policy.num_acs,
+                rng=rng,
+            )
+        ).reshape(geometry.width)
+        lines = _complete_lines(np.flatnonzero(mask), context.acquired, budget, geometry.width)
+    return PlanResponse(
+        scan_id=context.scan_id,
+        policy=policy.sampler,
+        lines=lines,
+        frame_lines=frame_lines,
+        round=context.round,
+        final=True,
+        degraded=True,
+        reason=reason,
+        served_by=policy.fallback,
+        elapsed_ms=elapsed_ms,
+    )
+
+
+def _check_line_set(
+    lines: Sequence[int], context: PlanContext, budget: int, what: str, *, final: bool
+) -> str | None:
+    width = context.geometry.width
+    if list(lines) != sorted(set(lines)):
+        return f"{what} are not sorted and unique"
+    if lines and (lines[0] < 0 or lines[-1] >= width):
+        return f"{what} leave [0, {width})"
+    # A final plan is the whole mask: exactly the budget. An intermediate round (ADS) may hold fewer.
+    if (final and len(lines) != budget) or len(lines) > budget:
+        return f"{what} have {len(lines)} entries, the budget is {budget}"
+    missing = sorted(set(context.acquired) - set(lines))
+    if missing:
+        return f"{what} drop acquired lines {missing[:8]}"
+    return None
+
+
+def check_plan(plan: PlanResponse, context: PlanContext) -> str | None:
+    """Why ``plan`` is unusable for ``context`` (None when it is fine): wrong scan or round, line
+    count other than the budget (more than it for an intermediate round), lines out of range, ACS or
+    already acquired lines missing."""
+    if plan.scan_id != context.scan_id:
+        return f"plan for scan {plan.scan_id!r}, asked for {context.scan_id!r}"
+    if plan.round != context.round:
+        return f"plan for round {plan.round}, asked for round {context.round}"
+    budget = line_budget(context.geometry.width, context.policy.acceleration, context.policy.num_acs)
+    if plan.frame_lines is None:
+        return _check_line_set(plan.lines, context, budget, "lines", final=plan.final)
+    if len(plan.frame_lines) != context.geometry.frames:
+        return f"frame_lines has {len(plan.frame_lines)} frames, the scan has {context.geometry.frames}"
+    for frame, lines in enumerate(plan.frame_lines):
+        problem = _check_line_set(lines, context, budget, f"frame_lines[{frame}]", final=plan.final)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _problem_type(response: httpx.Response) -> str:
+    """The problem+json type slug of an error response, else ``http-<status>``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"http-{response.status_code}"
+    if isinstance(body, dict) and isinstance(body.get("type"), str):
+        return str(body["type"]).rstrip("/").rsplit("/", 1)[-1]
+    return f"http-{response.status_code}"
+
+
+class Planner:
+    """Plans for scans: the sampler over HTTP (an injected ``httpx.AsyncClient``, the test seam) with the
+    fallback mask as the answer of last resort. :meth:`plan` never raises for sampler trouble."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        sampler_url: str,
+        margin_ms: float = 2.0,
+        margin_fraction: float = 0.05,
+        metrics: PlanMetrics | None = None,
+    ) -> None:
+        self.client = client
+        self.plan_url = sampler_url.rstrip("/") + "/v1/plan"
+        self.margin_ms = margin_ms
+        self.margin_fraction = margin_fraction
+        self.metrics = metrics
+
+    def margin_for(self, policy: ScanPolicy) -> float:
+        """Milliseconds kept back from the deadline to compute and send the fallback."""
+        return max(self.margin_ms, self.margin_fraction * policy.plan_deadline_ms)
+
+    async def plan(self, context: PlanContext) -> PlanResponse:
+        """The plan for ``context``: the sampler's if it answers validly in time, else the fallback."""
+        started = time.perf_counter()
+        plan = await self._ask_sampler(context, started)
+        if self.metrics is not None:
+            self.metrics.observe(plan, time.perf_counter() - started)
+        return plan
+
+    async def _ask_sampler(self, context: PlanContext, started: float) -> PlanResponse:
+        def fallback(reason: str) -> PlanResponse:
+            return fallback_plan(context, reason, elapsed_ms=(time.perf_counter() - started) * 1000.0)
+
+        budget_s = (
+            context.deadline_unix_ms - time.time() * 1000.0 - self.margin_for(context.policy)
+        ) / 1000.0
+        if budget_s <= 0.0:
+            return fallback("sampler-timeout")
+        body = context.request().model_dump_json()
+        try:
+            # wait_for bounds the whole exchange; httpx's own timeouts apply per operation only.
+            response = await asyncio.wait_for(
+                self.client.post(
+                    self.plan_url,
+                    content=body,
+                    headers={"content-type": "application/json"},
+                    timeout=httpx.Timeout(budget_s),
+                ),
+                timeout=budget_s,
+            )
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            return fallback("sampler-timeout")
+        except (httpx.HTTPError, OSError):
+            return fallback("sampler-unavailable")
+        if response.status_code == 504:
+            return fallback("sampler-timeout")
+        if response.status_code != 200:
+            return fallback(f"sampler-error: {_problem_type(response)}")
+        try:
+            plan = PlanResponse.model_validate_json(response.content)
+        except ValidationError as error:
+            return fallback(f"sampler-invalid-plan: not a PlanResponse ({error.error_count()} errors)")
+        problem = check_plan(plan, context)
+        if problem is not None:
+            return fallback(f"sampler-invalid-plan: {problem}")
+        return plan

@@ -1,0 +1,354 @@
+"""The scan service: sessions through their states — create, ingest, plan, complete, images, delete.
+
+A stream of small stages (house style): :mod:`ingest` validates a request, the store claims its lines
+atomically, the k-space file takes the samples, the session records the transition; once the ACS block
+of every (slice, frame) is in, planning starts at once as a background task so the plan is ready when
+the scanner asks; completion hands the data to the recon queue. Ingest of one scan is serialised by a
+per-scan lock in this process; across replicas the store's atomic claims and WATCH/MULTI updates keep the
+session consistent. Blocking numpy / file work on large bodies runs in a worker thread so that plan
+deadlines of other scans are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from kadapt.errors import DuplicateLineError, InvalidStateError, KadaptError, ServiceUnavailableError
+from kadapt.gateway.domain import completion, creation
+from kadapt.gateway.domain.images import encode_images, encode_npy
+from kadapt.gateway.domain.ingest import ParsedRequest, parse_request, prepare_lines
+from kadapt.gateway.domain.kspace_files import KspaceFiles
+from kadapt.gateway.domain.planning import Planner
+from kadapt.gateway.domain.rounds import PlanRounds, log_task_failure
+from kadapt.gateway.domain.session import (
+    INGEST_STATES,
+    ScanSession,
+    describe_key,
+    keys_to_mask,
+    now_unix_ms,
+)
+from kadapt.gateway.domain.store import SessionStore
+from kadapt.jobs import BlobStore, JobQueue
+from kadapt.schemas import IngestReport, PlanResponse, ScanCreate, ScanPublic, ScanState
+
+T = TypeVar("T")
+log = structlog.get_logger("kadapt.gateway")
+
+
+class ScanService:
+    """Everything the REST API does with scans, framework-free (``api/routes.py`` is a thin layer)."""
+
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        queue: JobQueue,
+        planner: Planner,
+        kspace_files: KspaceFiles,
+        blobs: BlobStore,
+        offload_bytes: int = 256 * 1024,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.planner = planner
+        self.kspace_files = kspace_files
+        self.blobs = blobs
+        self.offload_bytes = offload_bytes
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.rounds = PlanRounds(
+            store=store, planner=planner, kspace_files=kspace_files, on_recorded=self._plan_recorded
+        )
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def _lock(self, scan_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(scan_id, asyncio.Lock())
+
+    async def _run(self, big: bool, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking work inline when small, in a worker thread when ``big``."""
+        return await asyncio.to_thread(function, *args) if big else function(*args)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(log_task_failure)
+
+    async def close(self) -> None:
+        """Cancel plan and background tasks (on shutdown)."""
+        await self.rounds.close()
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _plan_recorded(self, session: ScanSession) -> None:
+        if session.policy.retrospective:
+            self._spawn(self.promote_staged(session.scan_id))
+
+    async def get_plan(self, scan_id: str) -> PlanResponse:
+        """The current plan; while planning, waits at most until the deadline, then serves the fallback."""
+        return await self.rounds.current(scan_id)
+
+    # --- create / read -------------------------------------------------------------------------------
+
+    async def create_scan(self, body: ScanCreate) -> ScanPublic:
+        """Parse the header, check the policy against it, create the session and its k-space file."""
+        session = creation.new_session(body)
+        self.kspace_files.check_size(session.geometry)
+        self.kspace_files.create(session.scan_id, session.geometry)
+        try:
+            await self.store.create(session)
+        except BaseException:
+            self.kspace_files.delete(session.scan_id)
+            raise
+        log.info("scan_created", scan_id=session.scan_id, geometry=session.geometry.model_dump())
+        return session.public(0)
+
+    async def refresh(self, scan_id: str) -> ScanSession:
+        """The session, moved to done / failed first if its recon result has appeared."""
+        session = await self.store.get(scan_id)
+        if session.state == ScanState.reconstructing and session.recon_job is not None:
+            result = await self.queue.get_result(session.recon_job.job_id)
+            if result is not None:
+                session, changed = await self.store.update(
+                    scan_id, lambda s: completion.apply_result(s, result)
+                )
+                if changed:
+                    log.info("scan_finished", scan_id=scan_id, state=session.state.value, error=session.error)
+        return session
+
+    async def get_scan(self, scan_id: str) -> ScanPublic:
+        session = await self.refresh(scan_id)
+        return session.public(await self.store.count_lines(scan_id))
+
+    # --- ingest --------------------------------------------------------------------------------------
+
+    async def ingest(self, scan_id: str, payload: bytes) -> IngestReport:
+        """Validate and store one request of MRD messages (all or nothing); see ``docs/api.md``."""
+        session = await self.store.get(scan_id)
+        session.require_state(INGEST_STATES, "ingesting acquisitions")
+        big = len(payload) > self.offload_bytes
+        parsed = await self._run(big, parse_request, payload, session)
+        async with self._lock(scan_id):
+            session, counts, staged_keys = await self._store_request(session.scan_id, parsed, big)
+        if session.policy.retrospective and staged_keys.size:
+            if session.state == ScanState.planning:
+                await self.rounds.current(scan_id)  # bounded by the plan deadline
+            await self.promote_staged(scan_id)
+        if parsed.close:
+            await self.complete(scan_id, force=True)
+        session = await self.store.get(scan_id)
+        # Held lines of this request end up in the scan (planned), dropped (unplanned) or still held.
+        kept = await self.store.count_present(scan_id, staged_keys.tolist()) if staged_keys.size else 0
+        resolved = (
+            session.plan is not None and session.plan.final and session.plan_round == session.plan.round
+        )
+        dropped = int(staged_keys.size) - kept if resolved else 0
+        return IngestReport(
+            accepted=counts["acquired"] + kept,
+            skipped_unplanned=counts["skipped"] + dropped,
+            skipped_noise=parsed.skipped,
+            state=session.state,
+            plan_ready=session.plan_is_current,
+            outside_plan=counts["outside"],
+            staged=int(staged_keys.size) - kept - dropped,
+        )
+
+    def _route(
+        self, session: ScanSession, parsed: ParsedRequest
+    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        """Which lines of the request to store now (``acquire``) and which to hold (``stage``), ``(n,)``.
+
+        Prospective: every line is stored (the scanner did acquire it). Retrospective: planned lines are
+        stored, ACS lines before the plan too; other lines wait for the plan (staged) or, once the final
+        plan is known, are dropped.
+        """
+        everything = np.ones(parsed.lines, dtype=bool)
+        if not session.policy.retrospective:
+            return everything, ~everything
+        planned = session.planned_mask() if session.plan_is_current else None
+        if planned is not None:
+            in_plan = planned[parsed.frames, parsed.columns]
+            final = session.plan is not None and session.plan.final
+            return in_plan, (~in_plan if not final else ~everything)
+        acs = np.isin(parsed.columns, creation.acs_columns(session))
+        return acs, ~acs
+
+    async def _store_request(
+        self, scan_id: str, parsed: ParsedRequest, big: bool
+    ) -> tuple[ScanSession, dict[str, int], NDArray[np.int64]]:
+        session = await self.store.get(scan_id)
+        session.require_state(INGEST_STATES, "ingesting acquisitions")
+        if parsed.close and parsed.lines == 0 and session.state == ScanState.created:
+            raise InvalidStateError(f"scan {scan_id}: CLOSE before any line was acquired", state="created")
+        acquire, stage = self._route(session, parsed)
+        keep = acquire | stage
+        duplicates = await self.store.claim_lines(
+            scan_id, parsed.keys[acquire].tolist(), parsed.keys[stage].tolist()
+        )
+        if duplicates:
+            where = describe_key(duplicates[0], session.geometry, session.encoding)
+            raise DuplicateLineError(
+                f"line {where} was already received ({len(duplicates)} duplicate(s) in this request)"
+            )
+        try:
+            if keep.any():
+                lines = await self._run(
+                    big, prepare_lines, parsed.data[keep], parsed.reverse[keep], session.geometry.height
+                )
+                await self._run(
+                    big,
+                    self.kspace_files.write_lines,
+                    scan_id,
+                    parsed.slices[keep],
+                    parsed.frames[keep],
+                    parsed.columns[keep],
+                    lines,
+                )
+            for block in parsed.noise:
+                self.kspace_files.save_noise(scan_id, block)
+        except OSError as error:
+            # The samples did not reach the volume: undo the claim so the scanner can send them again.
+            await self.store.release_lines(scan_id, parsed.keys[keep].tolist())
+            raise ServiceUnavailableError(f"scan {scan_id}: storing k-space failed: {error}") from error
+        noise = parsed.noise
+        planned = session.planned_mask()
+        outside = 0
+        if not session.policy.retrospective and planned is not None:
+            outside = int((~planned[parsed.frames, parsed.columns]).sum())
+        counts = {"acquired": int(acquire.sum()), "skipped": int((~keep).sum()), "outside": outside}
+        acs_done = False
+        if session.state in (ScanState.created, ScanState.calibrating) and keep.any():
+            acs_keys = creation.acs_keys(session)
+            acs_done = await self.store.count_present(scan_id, acs_keys.tolist()) == acs_keys.size
+
+        def record(current: ScanSession) -> bool:
+            current.skipped_noise += parsed.skipped
+            current.noise_readouts += sum(block.shape[0] for block in noise)
+            current.skipped_unplanned += counts["skipped"]
+            current.outside_plan += outside
+            if current.state == ScanState.created and keep.any():
+                current.transition(ScanState.calibrating)
+            if acs_done and current.state == ScanState.calibrating:
+                current.transition(ScanState.planning)
+                current.plan_deadline_unix_ms = now_unix_ms() + current.policy.plan_deadline_ms
+                return True
+            return False
+
+        changed = (
+            parsed.skipped or counts["skipped"] or outside or acs_done or session.state == ScanState.created
+        )
+        if changed:
+            session, started = await self.store.update(scan_id, record)
+            if started:
+                self.rounds.start(session)
+        if session.plan_is_current and not session.policy.retrospective:
+            await self.rounds.next_round_if_due(session)
+        return session, counts, parsed.keys[stage]
+
+    async def promote_staged(self, scan_id: str) -> list[int]:
+        """Retrospective mode: move held lines the plan chose into the scan, drop the rest once the plan is
+        final (zeroing their samples). Returns the dropped line keys."""
+        async with self._lock(scan_id):
+            return await self._promote_locked(scan_id)
+
+    async def _promote_locked(self, scan_id: str) -> list[int]:
+        session = await self.store.get(scan_id)
+        planned = session.planned_mask()
+        if not session.policy.retrospective or not session.plan_is_current or planned is None:
+            return []
+        keep = creation.planned_keys(session, planned)
+        final = session.plan is not None and session.plan.final
+        _, dropped = await self.store.promote_staged(scan_id, keep.tolist(), drop_rest=final)
+        if dropped:
+            geometry = session.geometry
+            keys = np.array(dropped, dtype=np.int64)
+            slices, rest = np.divmod(keys, geometry.frames * geometry.width)
+            frames, columns = np.divmod(rest, geometry.width)
+            self.kspace_files.zero_lines(scan_id, slices, frames, columns)
+
+            def count(current: ScanSession) -> None:
+                current.skipped_unplanned += len(dropped)
+
+            await self.store.update(scan_id, count)
+        await self.rounds.next_round_if_due(session)
+        return dropped
+
+    # --- completion, images, mask, delete ------------------------------------------------------------
+
+    async def complete(self, scan_id: str, *, force: bool) -> ScanPublic:
+        """Check completion, write k-space + mask blobs, enqueue the recon job -> ``reconstructing``."""
+        async with self._lock(scan_id):
+            await self._promote_locked(scan_id)
+            session = await self.store.get(scan_id)
+            acquired = keys_to_mask(await self.store.line_keys(scan_id), session.geometry)
+            completion.check_completion(session, acquired, force=force)
+
+            def mark_complete(current: ScanSession) -> None:
+                completion.check_completion(current, acquired, force=force)
+                current.transition(ScanState.complete)
+
+            session, _ = await self.store.update(scan_id, mark_complete)
+            try:
+                job = await asyncio.to_thread(
+                    completion.write_recon_job, session, self.kspace_files, self.blobs, acquired
+                )
+                await self.queue.enqueue(job)
+            except (KadaptError, OSError) as error:
+                reason = f"enqueueing the recon job failed: {error}"
+                await self.store.update(scan_id, lambda current: current.fail(reason))
+                raise ServiceUnavailableError(f"scan {scan_id}: {reason}") from error
+
+            def mark_reconstructing(current: ScanSession) -> None:
+                current.recon_job = job
+                current.transition(ScanState.reconstructing)
+
+            session, _ = await self.store.update(scan_id, mark_reconstructing)
+            self.kspace_files.forget(scan_id)
+        log.info("scan_completed", scan_id=scan_id, job_id=job.job_id, force=force, lines=int(acquired.sum()))
+        return session.public(int(acquired.sum()))
+
+    async def images(
+        self, scan_id: str, image_format: str, *, slice_index: int, frame: int
+    ) -> tuple[bytes, str]:
+        """The reconstructed magnitude images encoded as ``image_format``: ``(body, media type)``."""
+        session = await self.refresh(scan_id)
+        if session.state != ScanState.done or not session.images_path or not session.images_sha256:
+            why = f": {session.error}" if session.error else ""
+            raise InvalidStateError(
+                f"scan {scan_id} is {session.state.value}; images exist once it is done{why}",
+                state=session.state.value,
+            )
+        volume = await asyncio.to_thread(self.blobs.get_array, session.images_path, session.images_sha256)
+        return await asyncio.to_thread(
+            encode_images,
+            volume,
+            image_format,
+            slice_index=slice_index,
+            frame=frame,
+            field_of_view_mm=session.encoding.field_of_view_mm,
+        )
+
+    async def mask(self, scan_id: str) -> bytes:
+        """The acquired-line mask, bool ``(slice, frame, W)``, as ``.npy`` bytes."""
+        session = await self.store.get(scan_id)
+        return encode_npy(keys_to_mask(await self.store.line_keys(scan_id), session.geometry))
+
+    async def delete(self, scan_id: str) -> None:
+        """Forget the scan: its session, k-space file, noise and blobs."""
+        session = await self.store.get(scan_id)
+        self.rounds.cancel(scan_id)
+        async with self._lock(scan_id):
+            await self.store.delete(scan_id)
+            self.kspace_files.delete(scan_id)
+            creation.delete_blobs(self.blobs, session)
+        self._locks.pop(scan_id, None)
+        log.info("scan_deleted", scan_id=scan_id)
