@@ -50,6 +50,22 @@ def _field(fields: Mapping[Any, Any], name: str) -> str | None:
     return None if value is None else _text(value)
 
 
+def connect_redis(url: str) -> Redis:
+    """An asyncio Redis client for ``url`` (``redis://host:port/db``) that survives a server restart.
+
+    Commands are retried 3 times (50 ms .. 0.5 s backoff) on a broken connection, so a restarted
+    server costs a reconnect rather than an error. Every kadapt service builds its client here.
+    """
+    client: Redis = Redis.from_url(
+        url,
+        socket_connect_timeout=5.0,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return client
+
+
 class RedisJobQueue:
     """:class:`kadapt.jobs.queue.JobQueue` on a Redis stream + consumer group. ``close()`` closes the
     client, which the queue then owns."""
@@ -77,20 +93,11 @@ class RedisJobQueue:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisJobQueue:
-        """A queue on a new client for ``url`` (``redis://host:port/db``); ``options`` go to the queue.
+        """A queue on a new client for ``url`` (see :func:`connect_redis`); ``options`` go to the queue.
 
-        The client retries a command 3 times (50 ms .. 0.5 s backoff) on a broken connection, so a
-        restarted server costs a reconnect rather than an error. A retried XADD may duplicate a job;
-        workers are idempotent (write-once results), so that is harmless.
+        A retried XADD may duplicate a job; workers are idempotent (write-once results), so that is harmless.
         """
-        client: Redis = Redis.from_url(
-            url,
-            socket_connect_timeout=5.0,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        return cls(client, **options)
+        return cls(connect_redis(url), **options)
 
     @contextlib.asynccontextmanager
     async def _redis(self, command: str) -> AsyncIterator[None]:

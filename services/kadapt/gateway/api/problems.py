@@ -14,7 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kadapt.errors import PROBLEM_BASE, InvalidInputError, KadaptError
+import structlog
+from redis.exceptions import RedisError
+
+from kadapt.errors import PROBLEM_BASE, InvalidInputError, KadaptError, ServiceUnavailableError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -75,8 +78,31 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem, headers=headers)
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """Redis down or restarting: 503, so the scanner retries; nothing was half-stored (whole-request checks)."""
+    structlog.get_logger("kadapt.gateway").warning("store_unavailable", error=type(exc).__name__)
+    return error_response(
+        ServiceUnavailableError(f"session store unavailable ({type(exc).__name__})"), request.url.path
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered as problem+json without internals."""
+    structlog.get_logger("kadapt.gateway").exception("unhandled_error", path=request.url.path)
+    problem = {
+        "type": PROBLEM_BASE + "internal-error",
+        "title": "Internal error",
+        "status": 500,
+        "detail": f"{request.method} {request.url.path} failed ({type(exc).__name__}); see the gateway log",
+        "instance": request.url.path,
+    }
+    return problem_response(problem)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
     app.add_exception_handler(KadaptError, _kadapt_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisError, _store_error)
+    app.add_exception_handler(Exception, _unexpected_error)

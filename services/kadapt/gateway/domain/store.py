@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from redis.exceptions import RedisError, WatchError
 
 from kadapt.errors import InvalidStateError, ServiceUnavailableError, UnknownScanError
+from kadapt.jobs.redis_queue import connect_redis
 from kadapt.gateway.domain.session import ScanSession
 
 T = TypeVar("T")
@@ -233,7 +234,7 @@ class RedisSessionStore:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: str) -> RedisSessionStore:
-        return cls(aioredis.Redis.from_url(url), **kwargs)
+        return cls(connect_redis(url), **kwargs)
 
     def _key(self, scan_id: str, suffix: str = "") -> str:
         return f"{self._prefix}scan:{scan_id}{suffix}"

@@ -1,0 +1,1 @@
+"""The ``kadapt`` command line."""

@@ -1,0 +1,241 @@
+"""``kadapt``: data, serve, up, replay, demo, bench.
+
+Every command maps bad input to a message that names the bad value and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kadapt.errors import KadaptError
+
+if TYPE_CHECKING:
+    from kadapt.replay.run import ReplaySettings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="kadapt: adaptive MRI acquisition server.")
+data_app = typer.Typer(no_args_is_help=True, help="Offline data.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks with machine-readable (JSON) results.")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+
+SERVICE_NAMES = ("gateway", "sampler", "recon")
+
+
+def _fail(error: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {error}")
+    return typer.Exit(code=2)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+@data_app.command("build")
+def data_build(
+    out: Annotated[Path, typer.Option(help="output directory")],
+    n_volumes: Annotated[
+        int | None, typer.Option("--n-volumes", help="volumes (default: the small demo set)")
+    ] = None,
+    size: Annotated[int, typer.Option(help="matrix size H = W")] = 128,
+    coils: Annotated[int, typer.Option(help="receive coils")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the simulator (deterministic)")] = 0,
+) -> None:
+    """Simulate multi-coil volumes from packaged anatomy; fastMRI HDF5 + MRD HDF5 + manifest.json."""
+    from kadapt.data.build import build_dataset
+
+    options = {} if n_volumes is None else {"n_volumes": n_volumes}
+    started = time.perf_counter()
+    try:
+        with _progress() as progress:
+            task = progress.add_task("simulating volumes", total=None)
+
+            def advance(done: int, total: int, *_: object) -> None:
+                progress.update(task, completed=done, total=total)
+
+            manifest = build_dataset(out, size=size, coils=coils, seed=seed, progress=advance, **options)
+    except KadaptError as error:
+        raise _fail(error) from error
+    console.print(
+        f"wrote {len(manifest.volumes)} volumes to {out} in {time.perf_counter() - started:.1f} s "
+        f"({out / 'manifest.json'})"
+    )
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="gateway | sampler | recon")],
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 0,
+) -> None:
+    """Run one service with uvicorn (settings from KADAPT_<SERVICE>_* environment variables)."""
+    import uvicorn
+
+    if service not in SERVICE_NAMES:
+        raise _fail(ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICE_NAMES)}"))
+    default_ports = {"gateway": 8000, "sampler": 8001, "recon": 8002}
+    uvicorn.run(
+        f"kadapt.launcher.factories:{service}",
+        factory=True,
+        host=host,
+        port=port or default_ports[service],
+        log_level="info",
+    )
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="shared data directory (blobs, scans, redis)")] = Path(
+        "kadapt-data"
+    ),
+    gateway_port: Annotated[int, typer.Option(help="gateway port")] = 8000,
+    sampler_port: Annotated[int, typer.Option(help="sampler port")] = 8001,
+    recon_port: Annotated[int, typer.Option(help="recon port")] = 8002,
+    redis_port: Annotated[int, typer.Option(help="redis-server port")] = 6390,
+    models: Annotated[Path, typer.Option(help="model repository")] = Path("models"),
+) -> None:
+    """redis-server + sampler + recon + gateway as separate processes on loopback; Ctrl-C stops them."""
+    from kadapt.launcher.processes import ProcessStack
+
+    stack = ProcessStack(
+        data_dir=data_dir.resolve(),
+        model_repository=models.resolve(),
+        log_dir=data_dir.resolve() / "logs",
+        ports={"gateway": gateway_port, "sampler": sampler_port, "recon": recon_port, "redis": redis_port},
+    )
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        stack.start()
+    except KadaptError as error:
+        stack.stop()
+        raise _fail(error) from error
+    for name in (*SERVICE_NAMES, "redis"):
+        console.print(f"{name:8s} {stack.url(name) if name != 'redis' else stack.redis_url}")
+    console.print(f"logs in {data_dir / 'logs'}; Ctrl-C stops everything")
+    try:
+        while not stopping:
+            for name, process in stack.processes.items():
+                if process.poll() is not None:
+                    console.print(f"[red]{name} exited with code {process.returncode}[/]")
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        stack.stop()
+        console.print("stopped")
+
+
+@app.command()
+def replay(
+    paths: Annotated[list[Path], typer.Argument(help="fastMRI or MRD HDF5 files, fully sampled")],
+    out: Annotated[Path, typer.Option(help="report directory")],
+    gateway: Annotated[str | None, typer.Option(help="gateway base URL, e.g. http://127.0.0.1:8000")] = None,
+    embedded: Annotated[bool, typer.Option(help="run the stack in this process instead")] = False,
+    policy: Annotated[list[str], typer.Option(help="sampler policy (repeatable)")] = ["vd-random"],  # noqa: B006
+    recon: Annotated[list[str], typer.Option(help="reconstruction (repeatable)")] = ["cg-sense"],  # noqa: B006
+    R: Annotated[list[float], typer.Option("--R", help="acceleration (repeatable)")] = [4.0],  # noqa: B006
+    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default: fastMRI's 0.32 W / R)")] = None,
+    deadline_ms: Annotated[float, typer.Option(help="plan deadline")] = 200.0,
+    tr_ms: Annotated[float, typer.Option(help="pace readouts by this repetition time")] = 0.0,
+    models: Annotated[Path, typer.Option(help="model repository (embedded)")] = Path("models"),
+) -> None:
+    """Play fully sampled files as a scanner would; score against the reference; write report.json."""
+    from kadapt.replay.run import ReplaySettings
+
+    if (gateway is None) == (not embedded):
+        raise _fail(ValueError("give exactly one of --gateway URL or --embedded"))
+    for path in paths:
+        if not path.is_file():
+            raise _fail(FileNotFoundError(f"no such file: {path}"))
+    settings = ReplaySettings(
+        policies=policy, recons=recon, accelerations=R, num_acs=num_acs, deadline_ms=deadline_ms, tr_ms=tr_ms
+    )
+    try:
+        rows = asyncio.run(_replay(paths, settings, out, gateway, models))
+    except KadaptError as error:
+        raise _fail(error) from error
+    from kadapt.launcher.demo import print_table
+
+    print_table(rows)
+    console.print(f"report: {out / 'report.json'}")
+
+
+async def _replay(
+    paths: list[Path], settings: ReplaySettings, out: Path, gateway: str | None, models: Path
+) -> list[dict[str, object]]:
+    import httpx
+
+    from kadapt.replay.report import aggregate
+    from kadapt.replay.run import replay_files
+
+    if gateway is not None:
+        async with httpx.AsyncClient(base_url=gateway, timeout=600.0) as client:
+            results = await replay_files(client, paths, settings, out, progress=console.print)
+    else:
+        from kadapt.launcher.embedded import embedded_stack
+
+        with tempfile.TemporaryDirectory(prefix="kadapt-") as tmp:
+            async with embedded_stack(Path(tmp), models) as stack:
+                results = await replay_files(stack.gateway, paths, settings, out, progress=console.print)
+    return aggregate(results)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="report directory")] = Path("kadapt-demo"),
+    data: Annotated[Path, typer.Option(help="dataset directory (built when absent)")] = Path("data/default"),
+    volumes: Annotated[int, typer.Option(help="test volumes to replay")] = 2,
+    models: Annotated[Path, typer.Option(help="model repository")] = Path("models"),
+) -> None:
+    """The embedded stack end to end: held-out volumes x fixed policies x classic recons at R = 4, 8."""
+    from kadapt.launcher.demo import run_demo
+
+    try:
+        rows = run_demo(out=out, data=data, volumes=volumes, models=models, console=console)
+    except KadaptError as error:
+        raise _fail(error) from error
+    console.print(f"report: {out / 'report.json'} ({len(rows)} rows), figures in {out / 'figures'}")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    out: Annotated[Path, typer.Option(help="JSON result file")],
+    quick: Annotated[bool, typer.Option(help="CI-sized run")] = False,
+) -> None:
+    """Ingest throughput, single-acquisition latency and plan round trip through real uvicorn processes."""
+    from kadapt.launcher.bench import run_ingest_benchmark
+
+    try:
+        result = run_ingest_benchmark(quick=quick, console=console)
+    except KadaptError as error:
+        raise _fail(error) from error
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,167 @@
+"""The scanner side of one scan over the gateway's REST API (docs/api.md).
+
+ACS block first, then the plan (the gateway has already asked the sampler when the ACS completed), then
+only the planned lines in shots of ``shot_lines`` readouts, optionally paced by TR, then complete, wait
+for the reconstruction and fetch the images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+
+from kadapt.errors import JobFailedError, KadaptError, ServiceUnavailableError
+from kadapt.replay.sources import ReplayScan
+from kadapt.schemas import PlanResponse, ScanCreate, ScanPolicy, ScanPublic, ScanState
+
+MRD_STREAM = "application/vnd.ismrmrd.stream"
+
+
+@dataclass
+class ScanOutcome:
+    scan_id: str
+    plan: PlanResponse
+    plan_ms: float
+    plan_rtt_ms: float
+    mask: NDArray[np.bool_]
+    images: NDArray[np.float32]
+    final: ScanPublic
+    scan_seconds: float
+    recon_seconds: float
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {"detail": response.text}
+    raise ServiceUnavailableError(
+        f"{response.request.method} {response.request.url.path} -> {response.status_code}: "
+        f"{problem.get('type', '')} {problem.get('detail', '')}".strip()
+    )
+
+
+def _cells(slices: int, frames: int, columns_per_frame: list[list[int]]) -> NDArray[np.int64]:
+    """(n, 3) rows (slice, frame, column), slice-major like a 2D multi-slice sequence loop."""
+    rows = [(s, f, c) for s in range(slices) for f in range(frames) for c in columns_per_frame[f]]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+
+async def _send_lines(
+    client: httpx.AsyncClient,
+    scan_id: str,
+    scan: ReplayScan,
+    cells: NDArray[np.int64],
+    acs: frozenset[int],
+    shot_lines: int,
+    tr_ms: float,
+) -> None:
+    for start in range(0, len(cells), shot_lines):
+        shot = cells[start : start + shot_lines]
+        if tr_ms > 0:
+            await asyncio.sleep(tr_ms * len(shot) / 1000.0)
+        response = await client.post(
+            f"/v1/scans/{scan_id}/acquisitions",
+            content=scan.encode_lines(shot, acs),
+            headers={"content-type": MRD_STREAM},
+        )
+        _raise_for_problem(response)
+
+
+async def replay_scan(
+    client: httpx.AsyncClient,
+    scan: ReplayScan,
+    policy: ScanPolicy,
+    *,
+    shot_lines: int = 32,
+    tr_ms: float = 0.0,
+    timeout_s: float = 600.0,
+) -> ScanOutcome:
+    """Play ``scan`` into the gateway behind ``client`` and return the plan, mask and images."""
+    started = time.perf_counter()
+    info = scan.info
+    response = await client.post(
+        "/v1/scans", json=ScanCreate(header_xml=scan.header_xml, policy=policy).model_dump(mode="json")
+    )
+    _raise_for_problem(response)
+    scan_id = ScanPublic.model_validate_json(response.content).scan_id
+    try:
+        width, frames, slices = info.width, info.frames, info.slices
+        acs_start = width // 2 - policy.num_acs // 2
+        acs = frozenset(range(acs_start, acs_start + policy.num_acs))
+        acs_sorted = sorted(acs)
+        acs_cells = _cells(slices, frames, [acs_sorted] * frames)
+        last_shot = max(0, len(acs_cells) - shot_lines)
+        await _send_lines(client, scan_id, scan, acs_cells[:last_shot], acs, shot_lines, tr_ms)
+        # The scanner's wait for a plan: from sending its last ACS shot until the plan is in hand
+        # (the gateway starts planning as soon as the ACS block is complete).
+        last_acs_sent = time.perf_counter()
+        await _send_lines(client, scan_id, scan, acs_cells[last_shot:], acs, shot_lines, tr_ms)
+        asked = time.perf_counter()
+        response = await client.get(f"/v1/scans/{scan_id}/plan")
+        _raise_for_problem(response)
+        received = time.perf_counter()
+        plan_ms, plan_rtt_ms = (received - last_acs_sent) * 1000.0, (received - asked) * 1000.0
+        plan = PlanResponse.model_validate_json(response.content)
+        per_frame = (
+            [list(lines) for lines in plan.frame_lines]
+            if plan.frame_lines is not None
+            else [list(plan.lines)] * frames
+        )
+        remaining = [[c for c in lines if c not in acs] for lines in per_frame]
+        await _send_lines(client, scan_id, scan, _cells(slices, frames, remaining), acs, shot_lines, tr_ms)
+        scan_seconds = time.perf_counter() - started
+        recon_started = time.perf_counter()
+        response = await client.post(f"/v1/scans/{scan_id}/complete")
+        _raise_for_problem(response)
+        final = await _wait_done(client, scan_id, timeout_s)
+        recon_seconds = time.perf_counter() - recon_started
+        images = await _get_npy(client, f"/v1/scans/{scan_id}/images?format=npy")
+        mask = await _get_npy(client, f"/v1/scans/{scan_id}/mask")
+        return ScanOutcome(
+            scan_id,
+            plan,
+            plan_ms,
+            plan_rtt_ms,
+            mask.astype(bool),
+            images.astype(np.float32),
+            final,
+            scan_seconds,
+            recon_seconds,
+        )
+    finally:
+        await client.delete(f"/v1/scans/{scan_id}")
+
+
+async def _wait_done(client: httpx.AsyncClient, scan_id: str, timeout_s: float) -> ScanPublic:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        response = await client.get(f"/v1/scans/{scan_id}")
+        _raise_for_problem(response)
+        scan = ScanPublic.model_validate_json(response.content)
+        if scan.state == ScanState.done:
+            return scan
+        if scan.state == ScanState.failed:
+            raise JobFailedError(f"scan {scan_id} failed: {scan.error}")
+        if time.monotonic() > deadline:
+            raise ServiceUnavailableError(f"scan {scan_id} still {scan.state.value} after {timeout_s:.0f} s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+async def _get_npy(client: httpx.AsyncClient, path: str) -> NDArray[np.generic]:
+    response = await client.get(path)
+    _raise_for_problem(response)
+    try:
+        return np.load(io.BytesIO(response.content), allow_pickle=False)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise KadaptError(f"{path}: not an .npy payload ({exc})") from exc
