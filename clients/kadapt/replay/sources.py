@@ -13,7 +13,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from numpy.typing import NDArray
 
 from kadapt.errors import InvalidInputError

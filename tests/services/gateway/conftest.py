@@ -224,7 +224,8 @@ class Gateway:
         )
 
     def stored_kspace(self, scan_id: str) -> NDArray[np.complex64]:
-        return np.array(np.load(self.settings.scans_dir / scan_id / "kspace.npy"))
+        """The scan's stored k-space as ``(slice, frame, coil, H, W)`` (the file is line-major)."""
+        return np.moveaxis(np.load(self.settings.scans_dir / scan_id / "kspace.npy"), 2, -1)
 
     async def finish_recon(self, scan_id: str, images: NDArray[np.float32]) -> None:
         """Play the recon worker: store images and a done result for the scan's job."""

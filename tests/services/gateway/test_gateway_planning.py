@@ -202,8 +202,15 @@ async def test_a_replica_without_the_plan_task_answers_by_the_deadline(
         assert (await second.client.get(f"/v1/scans/{scan_id}")).json()["state"] == "acquiring"
 
 
+async def test_fixed_family_policies_get_no_scan_data(gateway: Gateway, scanner: Scanner) -> None:
+    plan, _ = await acs_then_plan(gateway, scanner, sampler="vd-random")
+    assert not plan.degraded
+    assert gateway.sampler.requests[0].acs_npy_b64 is None
+
+
 async def test_good_sampler_metrics_and_plan_in_scan_view(gateway: Gateway, scanner: Scanner) -> None:
-    plan, _ = await acs_then_plan(gateway, scanner)
+    # A policy that is not a fixed mask family (a learned sampler's bundle) gets the scan's ACS block.
+    plan, _ = await acs_then_plan(gateway, scanner, sampler="learned-demo")
     assert not plan.degraded
     metrics = (await gateway.client.get("/metrics")).text
     assert 'kadapt_gateway_plans_total{outcome="sampler"} 1.0' in metrics

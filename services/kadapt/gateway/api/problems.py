@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-import structlog
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kadapt.errors import PROBLEM_BASE, InvalidInputError, KadaptError, ServiceUnavailableError
 
@@ -79,7 +78,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
-    """Redis down or restarting: 503, so the scanner retries; nothing was half-stored (whole-request checks)."""
+    """Redis down or restarting: 503, so the scanner retries (requests are checked whole before storing)."""
     structlog.get_logger("kadapt.gateway").warning("store_unavailable", error=type(exc).__name__)
     return error_response(
         ServiceUnavailableError(f"session store unavailable ({type(exc).__name__})"), request.url.path

@@ -1,7 +1,10 @@
 """Per-scan k-space files: one complex64 ``.npy`` memmap per scan, shared by memory and Redis modes.
 
-``<data_dir>/scans/<scan_id>/kspace.npy`` holds ``(slice, frame, coil, H, W)`` with readout oversampling
-already removed; a stored line is column ``W`` of it. Keeping samples on a (shared) volume instead of in
+``<data_dir>/scans/<scan_id>/kspace.npy`` is stored line-major, ``(slice, frame, W, coil, H)``, the way a
+raw-data file is written: one readout line is one contiguous ``coil x H`` block, so storing a shot of
+lines is a few contiguous writes (a column of a ``(..., H, W)`` array would touch every page of the
+file). Readout oversampling is already removed. Readers get fastMRI's ``(slice, frame, coil, H, W)``.
+Keeping samples on a (shared) volume instead of in
 the session store lets gateway replicas share scans and keeps Redis small (architecture.md section 9).
 The file is created sparse, so an untouched scan costs no disk. Noise readouts go to ``noise/`` beside it
 for a later prewhitening step.
@@ -9,6 +12,7 @@ for a later prewhitening step.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import uuid
@@ -45,7 +49,8 @@ class KspaceFiles:
 
     @staticmethod
     def shape(geometry: ScanGeometry) -> tuple[int, int, int, int, int]:
-        return (geometry.slices, geometry.frames, geometry.coils, geometry.height, geometry.width)
+        """The stored (line-major) shape ``(slice, frame, W, coil, H)``."""
+        return (geometry.slices, geometry.frames, geometry.width, geometry.coils, geometry.height)
 
     def check_size(self, geometry: ScanGeometry) -> None:
         """Raise :class:`InvalidHeaderError` when the header asks for more k-space than allowed."""
@@ -57,7 +62,7 @@ class KspaceFiles:
             )
 
     def create(self, scan_id: str, geometry: ScanGeometry) -> None:
-        """Create the zero-filled (sparse) file ``(slice, frame, coil, H, W)``."""
+        """Create the zero-filled (sparse) file ``(slice, frame, W, coil, H)``."""
         self.check_size(geometry)
         self.directory(scan_id).mkdir(parents=True, exist_ok=False)
         self._open[scan_id] = open_memmap(
@@ -65,7 +70,7 @@ class KspaceFiles:
         )
 
     def open(self, scan_id: str) -> np.memmap[tuple[int, ...], np.dtype[np.complex64]]:
-        """The scan's memmap ``(slice, frame, coil, H, W)`` (opened read-write, cached)."""
+        """The scan's line-major memmap ``(slice, frame, W, coil, H)`` (opened read-write, cached)."""
         kspace = self._open.get(scan_id)
         if kspace is None:
             kspace = np.load(self.path(scan_id), mmap_mode="r+")
@@ -81,8 +86,20 @@ class KspaceFiles:
         lines: KspaceArray,
     ) -> None:
         """Store ``lines`` ``(n, coil, H)`` at ``(slice, frame, :, :, column)`` (indices ``(n,)``) at once."""
-        if len(columns):
-            self.open(scan_id)[slices, frames, :, :, columns] = lines
+        if not len(columns):
+            return
+        kspace = self.open(scan_id)
+        # pwrite of each contiguous line block: far cheaper than first-touch page faults through the
+        # memmap on a freshly created sparse file; the page cache keeps the memmap view coherent.
+        _, frame_count, width, coils, height = kspace.shape
+        line_bytes = coils * height * 8
+        index = (np.asarray(slices, np.int64) * frame_count + np.asarray(frames, np.int64)) * width + columns
+        offsets = kspace.offset + index * line_bytes
+        data = np.ascontiguousarray(lines, dtype=np.complex64).reshape(len(columns), -1).view(np.uint8)
+        with open(self.path(scan_id), "r+b") as handle:
+            descriptor = handle.fileno()
+            for offset, line in zip(offsets.tolist(), data, strict=True):
+                os.pwrite(descriptor, line.data, offset)
 
     def zero_lines(
         self,
@@ -93,17 +110,17 @@ class KspaceFiles:
     ) -> None:
         """Zero the lines at ``(slice, frame, column)`` (staged lines the plan did not choose)."""
         if len(columns):
-            self.open(scan_id)[slices, frames, :, :, columns] = 0
+            self.open(scan_id)[slices, frames, columns] = 0
 
     def read_acs(self, scan_id: str, columns: NDArray[np.integer], *, slice_index: int) -> KspaceArray:
         """The ACS k-space of one slice, frame 0: ``(coil, H, num_acs)``."""
-        kspace = self.open(scan_id)
-        return np.ascontiguousarray(kspace[slice_index, 0][:, :, columns])
+        lines = self.open(scan_id)[slice_index, 0, columns]  # (num_acs, coil, H)
+        return np.ascontiguousarray(np.moveaxis(lines, 0, -1))
 
     def read_masked(self, scan_id: str, mask: NDArray[np.bool_]) -> KspaceArray:
         """The scan's k-space ``(slice, frame, coil, H, W)`` with zeros where ``mask`` ``(slice, frame, W)``
         is False. ``+ 0.0`` turns the -0.0 of masked samples into +0.0 (science.md, fastMRI traps)."""
-        kspace = np.array(self.open(scan_id), dtype=np.complex64)
+        kspace = np.ascontiguousarray(np.moveaxis(np.asarray(self.open(scan_id)), 2, -1), dtype=np.complex64)
         kspace *= mask[:, :, None, None, :]
         kspace += np.complex64(0.0)
         return kspace

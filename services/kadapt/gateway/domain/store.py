@@ -18,8 +18,8 @@ from numpy.typing import NDArray
 from redis.exceptions import RedisError, WatchError
 
 from kadapt.errors import InvalidStateError, ServiceUnavailableError, UnknownScanError
-from kadapt.jobs.redis_queue import connect_redis
 from kadapt.gateway.domain.session import ScanSession
+from kadapt.jobs.redis_queue import connect_redis
 
 T = TypeVar("T")
 
