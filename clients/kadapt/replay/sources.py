@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kadapt.errors import InvalidInputError
+from kadapt.fastmri.files import read_fastmri
 from kadapt.kspace.coils import rss
 from kadapt.kspace.fft import ifft2c
 from kadapt.kspace.preprocess import remove_readout_oversampling
@@ -77,8 +78,6 @@ def _reference(raw: NDArray[np.complex64], oversampling: float) -> NDArray[np.fl
 def load_fastmri_scan(path: Path) -> ReplayScan:
     """A fastMRI HDF5 file: ``kspace`` (slices, coils, H, W); the header from ``ismrmrd_header`` or, when
     absent, a minimal one matching the array."""
-    from kadapt.fastmri.files import read_fastmri
-
     volume = read_fastmri(path)
     kspace = np.asarray(volume.kspace, dtype=np.complex64)
     slices, coils, height, width = kspace.shape

@@ -1,0 +1,8 @@
+"""Offline data: package-shipped anatomy, the multi-coil simulator and ``build_dataset``.
+
+Submodules: ``anatomy`` (``Anatomy``, ``AnatomySource``, tissue maps), ``sources`` (the package-shipped
+sources: nilearn MNI152, mricron Colin27 / macaque, pydicom-data, dipy, nibabel), ``coils_sim`` (birdcage
+sensitivities, coil-correlated noise), ``simulator`` (``simulate_volume``), ``build`` (``build_dataset``),
+``manifest`` (``DatasetManifest``, ``load_manifest``). This file imports nothing, so importing one
+submodule (e.g. ``kadapt.data.manifest`` in a client) does not pull in scipy, sigpy or the MRD writer.
+"""
