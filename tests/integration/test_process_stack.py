@@ -34,7 +34,18 @@ def phantom_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip(f"{tool} is not installed (make setup installs it as root)")
     path = tmp_path_factory.mktemp("mrd") / "shepp_logan.h5"
     subprocess.run(
-        ["ismrmrd_generate_cartesian_shepp_logan", "-m", "128", "-c", "8", "-n", "0.01", "-C", "-o", str(path)],
+        [
+            "ismrmrd_generate_cartesian_shepp_logan",
+            "-m",
+            "128",
+            "-c",
+            "8",
+            "-n",
+            "0.01",
+            "-C",
+            "-o",
+            str(path),
+        ],
         check=True,
         capture_output=True,
     )

@@ -51,17 +51,15 @@ def _progress() -> Progress:
 @data_app.command("build")
 def data_build(
     out: Annotated[Path, typer.Option(help="output directory")],
-    n_volumes: Annotated[
-        int | None, typer.Option("--n-volumes", help="volumes (default: the small demo set)")
-    ] = None,
+    n_volumes: Annotated[int, typer.Option("--n-volumes", help="volumes (at least 3: one per split)")] = 16,
     size: Annotated[int, typer.Option(help="matrix size H = W")] = 128,
     coils: Annotated[int, typer.Option(help="receive coils")] = 8,
     seed: Annotated[int, typer.Option(help="seed of the simulator (deterministic)")] = 0,
+    force: Annotated[bool, typer.Option(help="overwrite an existing dataset in OUT")] = False,
 ) -> None:
     """Simulate multi-coil volumes from packaged anatomy; fastMRI HDF5 + MRD HDF5 + manifest.json."""
     from kadapt.data.build import build_dataset
 
-    options = {} if n_volumes is None else {"n_volumes": n_volumes}
     started = time.perf_counter()
     try:
         with _progress() as progress:
@@ -70,7 +68,9 @@ def data_build(
             def advance(done: int, total: int, *_: object) -> None:
                 progress.update(task, completed=done, total=total)
 
-            manifest = build_dataset(out, size=size, coils=coils, seed=seed, progress=advance, **options)
+            manifest = build_dataset(
+                out, n_volumes=n_volumes, size=size, coils=coils, seed=seed, progress=advance, overwrite=force
+            )
     except KadaptError as error:
         raise _fail(error) from error
     console.print(

@@ -38,7 +38,7 @@ class EmbeddedStack:
 
 @contextlib.asynccontextmanager
 async def embedded_stack(
-    data_dir: Path, model_repository: Path = Path("models")
+    data_dir: Path, model_repository: Path = Path("models"), log_level: str = "warning"
 ) -> AsyncIterator[EmbeddedStack]:
     """Start the three services in this process (lifespans included) and stop them on exit."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,8 @@ async def embedded_stack(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=sampler_app), base_url="http://sampler")
         )
         gateway_app = create_gateway(
-            GatewaySettings(data_dir=data_dir, sampler_url="http://sampler"),
+            # One process, one terminal: request logs would drown the demo's table.
+            GatewaySettings(data_dir=data_dir, sampler_url="http://sampler", log_level=log_level),
             sampler_client=sampler_client,
             queue=queue,
         )

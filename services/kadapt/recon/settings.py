@@ -40,9 +40,10 @@ class ReconSettings(BaseSettings):
     block_ms: int = Field(default=1000, ge=0, description="how long one claim waits for new jobs")
     shutdown_grace_s: float = Field(default=10.0, ge=0.0, description="time a running job gets at shutdown")
     model_repository: Path = Path("models")
-    coil_maps: Literal["espirit", "acs"] = Field(
-        default="espirit",
-        description="coil maps of cg-sense / l1-wavelet; acs is ~10x faster (ESPIRiT dominates)",
+    coil_maps: Literal["auto", "espirit", "acs"] = Field(
+        default="auto",
+        description="coil maps of cg-sense / l1-wavelet: auto = ESPIRiT with >= 16 ACS lines, else ACS maps; "
+        "acs is ~10x faster (ESPIRiT dominates)",
     )
     stream: str = DEFAULT_STREAM
     group: str = DEFAULT_GROUP

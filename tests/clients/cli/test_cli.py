@@ -48,7 +48,9 @@ def test_up_starts_redis_and_three_services_and_stops_them_on_sigint(tmp_path: P
     command = [sys.executable, "-m", "kadapt.cli.main", "up", "--data-dir", str(tmp_path / "data")]
     for name, port in ports.items():
         command += [f"--{name}-port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ)
+    )
     try:
         deadline = time.monotonic() + 90
         ready: set[str] = set()

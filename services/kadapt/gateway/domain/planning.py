@@ -4,15 +4,14 @@ The scanner must get an answer within the session's deadline, always (architectu
 gateway sends the sampler a :class:`PlanRequest` with the absolute deadline and gives the HTTP call the
 remaining time minus a safety margin; whatever goes wrong (late, refused, an error status, a plan that
 breaks the budget or drops acquired lines) the answer becomes the fallback mask computed here, marked
-``degraded`` with the reason. The fallback is deterministic per scan
-(``default_rng([policy.seed, crc32(scan_id)])``), so every replica that computes it agrees.
+``degraded`` with the reason. The fallback is deterministic (``default_rng(policy.seed)``, the same rule
+as the sampler's fixed policies), so every replica that computes it agrees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,9 +83,9 @@ class PlanContext:
         )
 
 
-def fallback_rng(policy: ScanPolicy, scan_id: str) -> np.random.Generator:
-    """The fallback's generator: seeded by the policy seed and the scan id, identical on every replica."""
-    return np.random.default_rng([policy.seed, zlib.crc32(scan_id.encode())])
+def fallback_rng(policy: ScanPolicy) -> np.random.Generator:
+    """The fallback's generator: seeded by the policy's explicit seed, identical on every replica."""
+    return np.random.default_rng(policy.seed)
 
 
 def _complete_lines(
@@ -111,7 +110,7 @@ def fallback_plan(context: PlanContext, reason: str, *, elapsed_ms: float = 0.0)
     policy, geometry = context.policy, context.geometry
     family = get_family(policy.fallback)
     budget = line_budget(geometry.width, policy.acceleration, policy.num_acs)
-    rng = fallback_rng(policy, context.scan_id)
+    rng = fallback_rng(policy)
     frame_lines: tuple[tuple[int, ...], ...] | None = None
     if family.dims == "kt":
         masks = np.asarray(

@@ -50,8 +50,12 @@ class ClassicParameters:
     cg_lamda: float = 1e-4
     l1_iterations: int = 30
     l1_lamda: float = 1e-3
-    iterative_maps: Literal["espirit", "acs"] = "espirit"
+    iterative_maps: Literal["auto", "espirit", "acs"] = "auto"
     espirit_kernel_width: int = 6
+    # sigpy's ESPIRiT calibrates on a square num_acs x num_acs block: with fewer than ~16 lines the
+    # calibration matrix has fewer rows than kernel entries and the maps collapse (measured: CG-SENSE
+    # at 10 ACS lines fell to 9.9 dB vs 26.6 dB zero-filled). The ACS maps use the full readout.
+    espirit_min_acs: int = 16
 
 
 DEFAULT_PARAMETERS = ClassicParameters()
@@ -110,9 +114,12 @@ def _calibration_kspace(slice_kspace: ComplexArray) -> ComplexArray:
 
 
 def _maps(
-    calibration: ComplexArray, num_acs: int, kind: Literal["espirit", "acs"], parameters: ClassicParameters
+    calibration: ComplexArray,
+    num_acs: int,
+    kind: Literal["auto", "espirit", "acs"],
+    parameters: ClassicParameters,
 ) -> ComplexArray:
-    if kind == "acs":
+    if kind == "acs" or (kind == "auto" and num_acs < parameters.espirit_min_acs):
         return acs_sensitivities(calibration, num_acs)
     # ESPIRiT's calibration block is square; its kernel must fit inside a small ACS.
     kernel_width = min(parameters.espirit_kernel_width, num_acs)

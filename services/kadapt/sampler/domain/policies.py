@@ -20,7 +20,6 @@ k-space centre where the signal energy is.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -113,13 +112,14 @@ def check_deadline(request: PlanRequest, stage: str, now_ms: float) -> None:
         )
 
 
-def scan_rng(seed: int, scan_id: str) -> np.random.Generator:
-    """The generator of one scan: ``default_rng([seed, crc32(scan_id)])``.
+def scan_rng(seed: int) -> np.random.Generator:
+    """The generator of a scan's fixed policy: ``default_rng(seed)`` with the policy's explicit seed.
 
-    crc32 rather than ``hash()``: Python salts string hashes per process, so two sampler replicas (or a
-    restart) would draw different masks for the same scan.
+    The seed alone, not the scan id: a fixed pattern is a property of the protocol, so the same seed gives
+    the same mask on every replica, restart and scan, and replays compare reconstructions on identical
+    masks. Clients that want a different pattern per scan choose a different seed.
     """
-    return np.random.default_rng([seed, zlib.crc32(scan_id.encode("utf-8"))])
+    return np.random.default_rng(seed)
 
 
 def centre_tiebreak(width: int, ceiling: float = 1.0) -> FloatArray:
@@ -227,7 +227,7 @@ class FixedFamilyPolicy:
 
     def plan(self, request: PlanRequest, now_ms: float) -> PlannedLines:
         """Lines for ``request``: the family's mask ``(W,)`` (kt: ``(frames, W)``) drawn with
-        ``scan_rng(seed, scan_id)``, completed around the fixed lines to exactly ``round(W / R)``."""
+        ``scan_rng(seed)``, completed around the fixed lines to exactly ``round(W / R)``."""
         budget = line_budget(request.width, request.acceleration, request.num_acs)
         kt = self._info.dims == "kt"
         fixed = fixed_lines(request, budget, per_frame=kt)
@@ -236,7 +236,7 @@ class FixedFamilyPolicy:
             width=request.width,
             acceleration=request.acceleration,
             num_acs=request.num_acs,
-            rng=scan_rng(request.seed, request.scan_id),
+            rng=scan_rng(request.seed),
             frames=request.frames if kt else None,
         )
         expected = (request.frames, request.width) if kt else (request.width,)
