@@ -116,7 +116,7 @@ async def test_problem_json_for_errors(tmp_path: Path, stage_job: Callable[..., 
         route = await client.get("/v2/nothing")
         assert route.status_code == 404
         assert route.headers["content-type"] == PROBLEM
-        assert route.json()["type"] == "about:blank"
+        assert route.json()["type"] == PROBLEM_BASE + "not-found"
 
 
 async def test_readiness_follows_the_queue(tmp_path: Path) -> None:

@@ -7,29 +7,18 @@ can never make the gateway buffer more than ``max_body_bytes``.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kadapt.errors import InvalidInputError, KadaptError, PayloadTooLargeError
-from kadapt.gateway.api.problems import PROBLEM_MEDIA_TYPE
+from kadapt.service_kit import problem_response
 
 
-async def send_problem(send: Send, error: KadaptError, instance: str) -> None:
-    """Send ``error`` as a complete problem+json response (closing the connection afterwards)."""
-    body = json.dumps(error.to_problem(instance=instance)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def send_problem(scope: Scope, receive: Receive, send: Send, error: KadaptError) -> None:
+    """Send ``error`` as a complete problem+json response (closing the connection afterwards, as the
+    rest of the body is never read)."""
+    path = str(scope.get("path", ""))
+    response = problem_response(error.to_problem(instance=path), headers={"connection": "close"})
+    await response(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -43,18 +32,16 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = str(scope.get("path", ""))
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None:
             try:
                 length = int(declared)
             except ValueError:
-                await send_problem(
-                    send, InvalidInputError(f"Content-Length {declared!r} is not a number"), path
-                )
+                error = InvalidInputError(f"Content-Length {declared!r} is not a number")
+                await send_problem(scope, receive, send, error)
                 return
             if length > self.max_body_bytes:
-                await send_problem(send, self._too_large(f"Content-Length {length}"), path)
+                await send_problem(scope, receive, send, self._too_large(f"Content-Length {length}"))
                 return
         received = 0
         started = False
@@ -80,7 +67,7 @@ class BodySizeLimit:
             # Only reached when the error escaped the app's own handlers (e.g. a middleware read).
             if started:
                 raise
-            await send_problem(send, error, path)
+            await send_problem(scope, receive, send, error)
 
     def _too_large(self, what: str) -> PayloadTooLargeError:
         return PayloadTooLargeError(

@@ -13,11 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from kadapt.errors import NotFoundError, ServiceUnavailableError
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue
-from kadapt.recon.api.problems import validation_error_from
 from kadapt.recon.domain.methods import MethodRegistry
 from kadapt.recon.domain.worker import ReconWorker
 from kadapt.recon.settings import ReconSettings
 from kadapt.schemas.jobs import ReconJob, ReconResult, ReconStatus
+from kadapt.service_kit import parse_body
 
 
 @dataclass
@@ -126,11 +126,8 @@ async def get_job(job_id: str, state: Runtime) -> ReconResult:
 
 
 async def recon_job_body(request: Request) -> ReconJob:
-    """The body as a strict :class:`ReconJob`, validated in JSON mode (see ``validation_error_from``)."""
-    try:
-        return ReconJob.model_validate_json(await request.body())
-    except pydantic.ValidationError as err:
-        raise validation_error_from(err) from err
+    """The body as a strict :class:`ReconJob`, validated in JSON mode (see ``parse_body``)."""
+    return await parse_body(request, ReconJob)
 
 
 @router.post(
