@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kadapt.data.build import build_dataset
-from kadapt.data.manifest import load_manifest
 from rich.console import Console
 from rich.table import Table
 
+from kadapt.data.build import build_dataset
+from kadapt.data.manifest import load_manifest
 from kadapt.errors import InvalidInputError
 from kadapt.launcher.embedded import embedded_stack
 from kadapt.replay.report import aggregate
