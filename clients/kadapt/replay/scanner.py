@@ -94,6 +94,13 @@ async def replay_scan(
     _raise_for_problem(response)
     scan_id = ScanPublic.model_validate_json(response.content).scan_id
     try:
+        if scan.preamble:  # noise readouts, before any imaging line
+            response = await client.post(
+                f"/v1/scans/{scan_id}/acquisitions",
+                content=scan.preamble,
+                headers={"content-type": MRD_STREAM},
+            )
+            _raise_for_problem(response)
         width, frames, slices = info.width, info.frames, info.slices
         acs_start = width // 2 - policy.num_acs // 2
         acs = frozenset(range(acs_start, acs_start + policy.num_acs))

@@ -32,13 +32,15 @@ _ACS_FLAGS = flag_mask(AcquisitionFlag.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
 @dataclass
 class ReplayScan:
     """One fully sampled scan. ``raw`` is complex64 ``(slice, frame, coil, readout_samples, W)``;
-    ``heads`` optional original MRD headers per line ``(slice, frame, W)`` (MRD sources)."""
+    ``heads`` optional original MRD headers per line ``(slice, frame, W)`` (MRD sources); ``preamble``
+    MRD bytes a scanner sends before the imaging lines (the file's noise readouts)."""
 
     name: str
     header_xml: str
     raw: NDArray[np.complex64]
     reference: NDArray[np.float32]
     heads: NDArray[np.void] | None = None
+    preamble: bytes = b""
 
     @property
     def info(self) -> EncodingInfo:
@@ -99,8 +101,8 @@ def load_fastmri_scan(path: Path) -> ReplayScan:
 
 
 def load_mrd_scan(path: Path) -> ReplayScan:
-    """An MRD HDF5 raw file: imaging readouts placed by (slice, phase, ky); noise, navigator and
-    calibration-only readouts are not replayed (the replay client plays the imaging data)."""
+    """An MRD HDF5 raw file: imaging readouts placed by (slice, phase, ky); noise readouts are replayed
+    first, as the scanner sends them; navigator and calibration-only readouts are not replayed."""
     mrd = read_mrd(path)
     info = parse_header(mrd.header_xml)
     batch = mrd.batch()
@@ -112,6 +114,10 @@ def load_mrd_scan(path: Path) -> ReplayScan:
         AcquisitionFlag.ACQ_IS_PARALLEL_CALIBRATION,
     )
     imaging = (flags & np.uint64(skip)) == 0
+    noise = (flags & np.uint64(flag_mask(AcquisitionFlag.ACQ_IS_NOISE_MEASUREMENT))) != 0
+    preamble = b""
+    if noise.any():
+        preamble = encode_acquisitions(batch.heads[noise], np.ascontiguousarray(batch.data[noise]))
     heads, data = batch.heads[imaging], batch.data[imaging]
     coils, samples = data.shape[1], data.shape[2]
     columns = heads["idx"]["kspace_encode_step_1"].astype(np.int64) + info.ky_offset
@@ -128,7 +134,8 @@ def load_mrd_scan(path: Path) -> ReplayScan:
         raise InvalidInputError(
             f"{path}: not fully sampled ({missing} lines missing); replay needs full data"
         )
-    return ReplayScan(path.name, mrd.header_xml, raw, _reference(raw, info.readout_oversampling), cell_heads)
+    reference = _reference(raw, info.readout_oversampling)
+    return ReplayScan(path.name, mrd.header_xml, raw, reference, cell_heads, preamble)
 
 
 def load_scan(path: Path) -> ReplayScan:
