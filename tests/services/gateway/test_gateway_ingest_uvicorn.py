@@ -1,8 +1,8 @@
-"""Ingest throughput and single-readout latency through a real uvicorn process on loopback.
+"""Concurrent batched ingest and single-readout requests through a real uvicorn process on loopback.
 
-Target (docs/api.md): >= 2000 acquisitions/s of 8 coils x 256 samples in batches of 64, and a low p99
-for single-acquisition requests. The assertions keep headroom for a loaded CI machine; the measured
-numbers are printed (``pytest -s``).
+Speed is measured by ``kadapt bench ingest`` (docs/benchmarks.md), not asserted here: this test checks
+that three concurrent senders of 64-readout batches and a run of single-readout requests store every
+line exactly once. The measured rate is printed (``pytest -s``) for a quick look.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ async def create_scan(client: httpx.AsyncClient, slices: int) -> str:
 
 @pytest.mark.integration
 @pytest.mark.slow
-async def test_ingest_throughput_and_latency(gateway_url: str, request: pytest.FixtureRequest) -> None:
+async def test_concurrent_batches_and_single_readouts_store_every_line(
+    gateway_url: str, request: pytest.FixtureRequest
+) -> None:
     payloads = batches()
     headers = {"content-type": "application/vnd.ismrmrd.stream"}
     async with httpx.AsyncClient(base_url=gateway_url, timeout=30.0) as client:
@@ -132,16 +134,11 @@ async def test_ingest_throughput_and_latency(gateway_url: str, request: pytest.F
             heads = make_acquisition_heads(1, coils=COILS, samples=SAMPLES)
             heads["idx"]["kspace_encode_step_1"] = ky
             singles.append(encode_acquisitions(heads, np.ones((1, COILS, SAMPLES), dtype=np.complex64)))
-        latencies = []
         for body in singles:
-            sent = time.perf_counter()
             response = await client.post(f"/v1/scans/{single_id}/acquisitions", content=body, headers=headers)
-            latencies.append(time.perf_counter() - sent)
             assert response.status_code == 200, response.text
-    p50, p99 = (float(np.percentile(latencies, q)) * 1000.0 for q in (50, 99))
+        single = (await client.get(f"/v1/scans/{single_id}")).json()
+        assert single["acquired_lines"] == WIDTH
     print(
-        f"\n{request.node.callspec.id} ingest: {rate:.0f} acquisitions/s (batches of {BATCH}); "
-        f"single readouts: p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        f"\n{request.node.callspec.id} ingest: {rate:.0f} acquisitions/s (batches of {BATCH}), not asserted"
     )
-    assert rate >= 1000.0  # target 2000/s; headroom for a shared CI core
-    assert p99 < 50.0
