@@ -4,14 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KADAPT := $(VENV)/bin/kadapt
 DATA ?= data/default
-DEBS := redis-server bart ismrmrd-tools mricron-data
+DEBS := redis-server bart ismrmrd-tools mricron-data dicom3tools
 
 .PHONY: setup debs venv data demo test lint typecheck contracts unit bench clean
 
 setup: debs venv
 
 # Debian packages kadapt uses (redis-server for deployments and integration tests, bart as an
-# independent classic recon, ismrmrd-tools for real MRD phantom files, mricron-data for anatomy).
+# independent classic recon, ismrmrd-tools for real MRD phantom files, mricron-data for anatomy,
+# dicom3tools for the DICOM conformance check).
 debs:
 	@bash scripts/install-debs.sh $(DEBS)
 

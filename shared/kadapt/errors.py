@@ -24,6 +24,7 @@ Domain code never raises ``HTTPException`` and never uses ``assert`` for runtime
     │   ├── UnknownPolicyError            404  policy-not-found
     │   ├── UnknownMaskFamilyError        404  mask-family-not-found
     │   ├── UnknownReconMethodError       404  recon-method-not-found
+    │   ├── UnknownConfigError            404  config-not-found      (MRD session config not kadapt's)
     │   └── BundleNotFoundError           404  bundle-not-found
     ├── InvalidStateError                 409  invalid-state         (operation not allowed in this state)
     ├── BundleError                       500  bundle-invalid
@@ -133,6 +134,10 @@ class UnknownMaskFamilyError(NotFoundError):
 
 class UnknownReconMethodError(NotFoundError):
     slug, status, title = "recon-method-not-found", 404, "Unknown reconstruction method"
+
+
+class UnknownConfigError(NotFoundError):
+    slug, status, title = "config-not-found", 404, "Unknown MRD session config"
 
 
 class BundleNotFoundError(NotFoundError):

@@ -84,12 +84,26 @@ def serve(
     service: Annotated[str, typer.Argument(help="gateway | sampler | recon")],
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 0,
+    mrd_port: Annotated[
+        int | None,
+        typer.Option(help="gateway only: also serve the MRD streaming protocol on this port (9002)"),
+    ] = None,
 ) -> None:
     """Run one service with uvicorn (settings from KADAPT_<SERVICE>_* environment variables)."""
+    import os
+
     import uvicorn
 
     if service not in SERVICE_NAMES:
         raise _fail(ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICE_NAMES)}"))
+    if mrd_port is not None:
+        if service != "gateway":
+            raise _fail(ValueError(f"--mrd-port {mrd_port}: only the gateway serves MRD, not {service!r}"))
+        if not 0 <= mrd_port <= 65535:
+            raise _fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535)"))
+        # The app factory reads its settings from the environment (uvicorn imports it by name).
+        os.environ["KADAPT_GATEWAY_MRD_PORT"] = str(mrd_port)
+        os.environ["KADAPT_GATEWAY_MRD_HOST"] = host
     default_ports = {"gateway": 8000, "sampler": 8001, "recon": 8002}
     uvicorn.run(
         f"kadapt.launcher.factories:{service}",
@@ -109,16 +123,23 @@ def up(
     sampler_port: Annotated[int, typer.Option(help="sampler port")] = 8001,
     recon_port: Annotated[int, typer.Option(help="recon port")] = 8002,
     redis_port: Annotated[int, typer.Option(help="redis-server port")] = 6390,
+    mrd_port: Annotated[int, typer.Option(help="gateway's MRD streaming port (0: off)")] = 9002,
     models: Annotated[Path, typer.Option(help="model repository")] = Path("models"),
 ) -> None:
     """redis-server + sampler + recon + gateway as separate processes on loopback; Ctrl-C stops them."""
     from kadapt.launcher.processes import ProcessStack
 
+    if not 0 <= mrd_port <= 65535:
+        raise _fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535, 0 turns MRD off)"))
+    ports = {"gateway": gateway_port, "sampler": sampler_port, "recon": recon_port, "redis": redis_port}
+    if mrd_port:
+        ports["mrd"] = mrd_port
     stack = ProcessStack(
         data_dir=data_dir.resolve(),
         model_repository=models.resolve(),
         log_dir=data_dir.resolve() / "logs",
-        ports={"gateway": gateway_port, "sampler": sampler_port, "recon": recon_port, "redis": redis_port},
+        ports=ports,
+        mrd=bool(mrd_port),
     )
     stopping = False
 
@@ -135,6 +156,8 @@ def up(
         raise _fail(error) from error
     for name in (*SERVICE_NAMES, "redis"):
         console.print(f"{name:8s} {stack.url(name) if name != 'redis' else stack.redis_url}")
+    if stack.mrd_port is not None:
+        console.print(f"{'mrd':8s} tcp://{stack.host}:{stack.mrd_port} (MRD streaming, gateway)")
     console.print(f"logs in {data_dir / 'logs'}; Ctrl-C stops everything")
     try:
         while not stopping:

@@ -3,7 +3,8 @@
 The same service code as a deployment, wired in-process: the gateway reaches the sampler through an
 ``httpx.ASGITransport`` (still HTTP semantics, deadlines and problem+json included), gateway and recon
 share a :class:`~kadapt.jobs.queue.MemoryJobQueue` instead of Redis Streams, and blobs live in a
-temporary data directory.
+temporary data directory. With ``mrd_port`` the gateway also serves the MRD streaming protocol on TCP
+(0: a free port; the bound one is ``EmbeddedStack.mrd_port``).
 """
 
 from __future__ import annotations
@@ -27,20 +28,26 @@ from kadapt.sampler.settings import SamplerSettings
 
 @dataclass
 class EmbeddedStack:
-    """Handles of a running embedded stack; ``gateway`` is a client for the gateway's REST API."""
+    """Handles of a running embedded stack; ``gateway`` is a client for the gateway's REST API and
+    ``mrd_port`` the MRD server's bound TCP port (None when it is off)."""
 
     gateway: httpx.AsyncClient
     gateway_app: FastAPI
     sampler_app: FastAPI
     recon_app: FastAPI
     queue: MemoryJobQueue
+    mrd_port: int | None = None
 
 
 @contextlib.asynccontextmanager
 async def embedded_stack(
-    data_dir: Path, model_repository: Path = Path("models"), log_level: str = "warning"
+    data_dir: Path,
+    model_repository: Path = Path("models"),
+    log_level: str = "warning",
+    mrd_port: int | None = None,
 ) -> AsyncIterator[EmbeddedStack]:
-    """Start the three services in this process (lifespans included) and stop them on exit."""
+    """Start the three services in this process (lifespans included) and stop them on exit; with
+    ``mrd_port`` (0: any free port) the gateway's MRD streaming server listens on loopback too."""
     data_dir.mkdir(parents=True, exist_ok=True)
     queue = MemoryJobQueue()
     sampler_app = create_sampler(SamplerSettings(model_repository=model_repository))
@@ -55,7 +62,9 @@ async def embedded_stack(
         )
         gateway_app = create_gateway(
             # One process, one terminal: request logs would drown the demo's table.
-            GatewaySettings(data_dir=data_dir, sampler_url="http://sampler", log_level=log_level),
+            GatewaySettings(
+                data_dir=data_dir, sampler_url="http://sampler", log_level=log_level, mrd_port=mrd_port
+            ),
             sampler_client=sampler_client,
             queue=queue,
         )
@@ -65,4 +74,7 @@ async def embedded_stack(
                 transport=httpx.ASGITransport(app=gateway_app), base_url="http://gateway", timeout=120.0
             )
         )
-        yield EmbeddedStack(gateway, gateway_app, sampler_app, recon_app, queue)
+        server = gateway_app.state.mrd_server
+        yield EmbeddedStack(
+            gateway, gateway_app, sampler_app, recon_app, queue, server.port if server is not None else None
+        )

@@ -59,12 +59,15 @@ def _ready(url: str) -> bool:
 @dataclass
 class ProcessStack:
     """Starts and stops the stack. ``services`` chooses which uvicorn services run (all by default);
-    ``redis`` False runs the gateway and recon with in-memory stores (only useful for the gateway alone).
+    ``redis`` False runs the gateway and recon with in-memory stores (only useful for the gateway alone);
+    ``mrd`` True has the gateway serve the MRD streaming protocol on ``ports["mrd"]`` (a free port unless
+    given; ``KADAPT_GATEWAY_MRD_PORT``).
     """
 
     data_dir: Path
     services: tuple[str, ...] = SERVICES
     redis: bool = True
+    mrd: bool = False
     host: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=dict)
     model_repository: Path = Path("models")
@@ -74,6 +77,11 @@ class ProcessStack:
 
     def url(self, service: str) -> str:
         return f"http://{self.host}:{self.ports[service]}"
+
+    @property
+    def mrd_port(self) -> int | None:
+        """The gateway's MRD streaming port, None when the MRD server is off."""
+        return self.ports.get("mrd") if self.mrd else None
 
     @property
     def redis_url(self) -> str | None:
@@ -94,6 +102,9 @@ class ProcessStack:
         if self.redis_url is not None:
             env["KADAPT_RECON_REDIS_URL"] = self.redis_url
             env["KADAPT_GATEWAY_REDIS_URL"] = self.redis_url
+        if self.mrd_port is not None:
+            env["KADAPT_GATEWAY_MRD_PORT"] = str(self.mrd_port)
+            env["KADAPT_GATEWAY_MRD_HOST"] = self.host
         env.update(self.extra_env)
         return env
 
@@ -110,7 +121,7 @@ class ProcessStack:
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("redis", *self.services):
+        for name in ("redis", *self.services, *(("mrd",) if self.mrd else ())):
             self.ports.setdefault(name, free_port())
         if self.redis:
             self.start_redis()

@@ -14,6 +14,8 @@ class GatewaySettings(BaseSettings):
     ``data_dir`` holds ``scans/<scan_id>/`` (the per-scan k-space memmap, noise readouts) and ``blobs/``
     (k-space, masks and images exchanged with the recon workers by path + sha256; share it with them).
     Without ``redis_url`` sessions and jobs live in this process's memory (the embedded default).
+    With ``mrd_port`` set the gateway also serves the MRD streaming protocol on TCP (``docs/mrd.md``;
+    0 picks a free port); the ``mrd_*`` limits bound each connection's memory and time.
     """
 
     model_config = SettingsConfigDict(env_prefix="KADAPT_GATEWAY_", extra="ignore")
@@ -33,8 +35,33 @@ class GatewaySettings(BaseSettings):
     offload_bytes: int = Field(
         default=256 * 1024, ge=0, description="ingest bodies above this decode in a worker thread"
     )
+    dicom_deidentify: bool = Field(
+        default=False, description="default of the images endpoint's deidentify query for format=dicom"
+    )
     log_json: bool = True
     log_level: str = "info"
+    mrd_port: int | None = Field(
+        default=None, ge=0, le=65535, description="MRD streaming TCP port (9002 by convention); unset: off"
+    )
+    mrd_host: str = Field(default="127.0.0.1", description="MRD bind address (0.0.0.0 for a scanner network)")
+    mrd_max_connections: int = Field(
+        default=16, gt=0, description="concurrent MRD sessions; more are refused"
+    )
+    mrd_max_message_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="largest single MRD message a client may declare"
+    )
+    mrd_batch_readouts: int = Field(
+        default=64, gt=0, description="readouts forwarded to ingest at once (the per-connection bound)"
+    )
+    mrd_flush_ms: float = Field(
+        default=5.0, ge=0.0, description="a partial batch is ingested after this long without new bytes"
+    )
+    mrd_idle_timeout_s: float = Field(default=300.0, gt=0.0, description="a silent session is closed")
+    mrd_write_timeout_s: float = Field(default=60.0, gt=0.0, description="a client not reading is dropped")
+    mrd_recon_timeout_s: float = Field(default=600.0, gt=0.0, description="wait for images after CLOSE")
+    mrd_dicom_dir: Path | None = Field(
+        default=None, description="MRD sessions with dicom=on write <dir>/<scan_id>/*.dcm; unset: refused"
+    )
 
     @property
     def scans_dir(self) -> Path:

@@ -3,7 +3,8 @@
 ``create_app(settings)`` builds what is not injected: with ``settings.redis_url`` a
 :class:`RedisSessionStore` and a :class:`RedisJobQueue` (a deployment), else the in-memory store and queue
 (the embedded default); the sampler client is a pooled ``httpx.AsyncClient``. Injected objects stay the
-caller's to close; the ones built here close with the app's lifespan.
+caller's to close; the ones built here close with the app's lifespan. With ``settings.mrd_port`` set, the
+lifespan also runs the MRD streaming server on that port (``app.state.mrd_server``, ``docs/mrd.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import PlanMetrics, Planner
 from kadapt.gateway.domain.scans import ScanService
 from kadapt.gateway.domain.store import MemorySessionStore, RedisSessionStore, SessionStore
+from kadapt.gateway.mrd_server import MrdServer
 from kadapt.gateway.settings import GatewaySettings
 from kadapt.jobs import BlobStore, JobQueue, MemoryJobQueue, RedisJobQueue
 from kadapt.service_kit import install_problem_handlers
@@ -71,11 +73,17 @@ def create_app(
         offload_bytes=settings.offload_bytes,
     )
 
+    mrd_server = MrdServer(service, settings, registry=registry) if settings.mrd_port is not None else None
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
+            if mrd_server is not None:
+                await mrd_server.start()
             yield
         finally:
+            if mrd_server is not None:
+                await mrd_server.close()
             await service.close()
             for close in reversed(closers):
                 await close()
@@ -88,6 +96,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.service = service
+    app.state.mrd_server = mrd_server
     app.state.registry = registry
     install_problem_handlers(app, service="gateway")
     app.include_router(router)

@@ -11,14 +11,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from kadapt.dicom import DICOM_MEDIA_TYPE
 from kadapt.errors import ServiceUnavailableError, UnsupportedMediaTypeError
-from kadapt.gateway.domain.images import MRD_MEDIA_TYPE, NPY_MEDIA_TYPE
+from kadapt.gateway.domain.images import MRD_MEDIA_TYPE, NPY_MEDIA_TYPE, PNG_MEDIA_TYPE, ZIP_MEDIA_TYPE
 from kadapt.gateway.domain.scans import ScanService
 from kadapt.schemas import IngestReport, PlanResponse, ScanCreate, ScanPublic
 
 router = APIRouter()
 
 INGEST_MEDIA_TYPES = (MRD_MEDIA_TYPE, "application/octet-stream")
+IMAGE_MEDIA_TYPES = (NPY_MEDIA_TYPE, PNG_MEDIA_TYPE, MRD_MEDIA_TYPE, ZIP_MEDIA_TYPE, DICOM_MEDIA_TYPE)
 ScanId = Annotated[str, "scan id (32 hex characters)"]
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
@@ -108,7 +110,7 @@ async def complete_scan(scan_id: ScanId, request: Request, force: bool = False) 
     tags=["scans"],
     response_class=Response,
     responses={
-        200: {"content": {NPY_MEDIA_TYPE: {}, "image/png": {}, MRD_MEDIA_TYPE: {}}},
+        200: {"content": {media: {} for media in IMAGE_MEDIA_TYPES}},
         404: _PROBLEM,
         409: _PROBLEM,
         422: _PROBLEM,
@@ -117,16 +119,25 @@ async def complete_scan(scan_id: ScanId, request: Request, force: bool = False) 
 async def get_images(
     scan_id: ScanId,
     request: Request,
-    image_format: Annotated[Literal["npy", "png", "mrd"], Query(alias="format")] = "npy",
-    slice_index: Annotated[int, Query(alias="slice", ge=0)] = 0,
-    frame: Annotated[int, Query(ge=0)] = 0,
+    image_format: Annotated[Literal["npy", "png", "mrd", "dicom"], Query(alias="format")] = "npy",
+    slice_index: Annotated[int | None, Query(alias="slice", ge=0)] = None,
+    frame: Annotated[int | None, Query(ge=0)] = None,
+    deidentify: Annotated[
+        bool | None, Query(description="DICOM: remove patient fields (default: the gateway's setting)")
+    ] = None,
 ) -> Response:
     """Magnitude images once the scan is done: ``.npy`` float32 ``(slice, frame, H, W)``, a PNG preview
-    of one (slice, frame), or an MRD stream of IMAGE messages."""
+    of one (slice, frame), an MRD stream of IMAGE messages, or DICOM (a ZIP of one file per (slice,
+    frame), one ``application/dicom`` file with ``slice``)."""
+    if deidentify is None:
+        deidentify = bool(request.app.state.settings.dicom_deidentify)
     body, media_type = await service_of(request).images(
-        scan_id, image_format, slice_index=slice_index, frame=frame
+        scan_id, image_format, slice_index=slice_index, frame=frame, deidentify=deidentify
     )
-    return Response(body, media_type=media_type)
+    headers = {}
+    if media_type == ZIP_MEDIA_TYPE:
+        headers["content-disposition"] = f'attachment; filename="{scan_id}-dicom.zip"'
+    return Response(body, media_type=media_type, headers=headers)
 
 
 @router.get(

@@ -1,8 +1,13 @@
 """New sessions from ``POST /v1/scans``: the header parsed once, the policy checked against it.
 
 Everything a later request could trip over is refused here, before anything is stored: a header
-kadapt cannot use (non-Cartesian, 3D, no receiver channel count, repetitions), an acceleration or ACS
-block impossible for the matrix, an unknown or non-line fallback family, unknown output formats.
+kadapt cannot use (non-Cartesian, 3D, no receiver channel count), an acceleration or ACS block impossible
+for the matrix, an unknown or non-line fallback family, unknown output formats.
+
+Headers with several repetitions are accepted: a (slice, frame, ky) line is acquired once, by the first
+readout of it that arrives; the same line in a later repetition is a repeat and is skipped (ingest), so
+files that spread the lines over repetitions (``ismrmrd_generate_cartesian_shepp_logan -a 4`` repeats
+the ACS block in each of its 4 repetitions, each holding every 4th line) stream as one scan.
 """
 
 from __future__ import annotations
@@ -44,8 +49,6 @@ def check_header(info: EncodingInfo) -> None:
         raise InvalidHeaderError(
             f"encoded readout {info.encoded_readout} is shorter than the recon readout {info.height}"
         )
-    if info.repetitions != 1:
-        raise InvalidHeaderError(f"repetitions={info.repetitions}: one repetition per scan is supported")
 
 
 def check_policy(policy: ScanPolicy, geometry: ScanGeometry, encoding: Encoding) -> None:

@@ -7,11 +7,17 @@ request changes nothing. Readouts are handled as Gadgetron / FIRE do: noise meas
 dropped, reversed readouts (``ACQ_IS_REVERSE``) are flipped, and readout oversampling is removed per
 readout (centred inverse FFT along the readout, crop the centre ``H`` samples, forward FFT). Everything
 runs on whole arrays; nothing loops over samples in Python.
+
+Repetitions: a (slice, frame, ky) line is acquired once. A readout of repetition ``r > 0`` whose line
+arrived before (earlier in the request, or in an earlier request: see ``ScanService``) is a *repeat*: it is
+skipped, not stored and not an error, so files that repeat the ACS block in every repetition stream as one
+scan. The first readout of a line wins (no averaging: the k-space file holds one readout per line). Any
+other second arrival of a line (twice in one repetition, or again in repetition 0) is a duplicate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,17 +30,19 @@ from kadapt.errors import (
     MrdDecodeError,
     NonFiniteDataError,
 )
-from kadapt.gateway.domain.session import ScanSession, describe_key, line_keys
+from kadapt.gateway.domain.session import Encoding, ScanSession, describe_key, line_keys
 from kadapt.kspace.fft import fft1c, ifft1c
 from kadapt.mrd.constants import ACQ_HEADER_DTYPE, NON_IMAGING_FLAGS, AcquisitionFlag, flag_mask
 from kadapt.mrd.messages import Acquisition, AcquisitionBatch, Close
 from kadapt.mrd.stream import decode_acquisitions, decode_stream
+from kadapt.schemas import ScanGeometry
 
 _NOISE = np.uint64(flag_mask(AcquisitionFlag.ACQ_IS_NOISE_MEASUREMENT))
 _NON_IMAGING = np.uint64(flag_mask(*NON_IMAGING_FLAGS))
 _REVERSE = np.uint64(flag_mask(AcquisitionFlag.ACQ_IS_REVERSE))
 
 IntArray = NDArray[np.int64]
+MAX_SAMPLE_MAGNITUDE = 1e30
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,11 @@ class DecodedRequest:
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """A validated request. Imaging readouts: ``slices``, ``frames``, ``columns``, ``keys``, ``reverse``
-    ``(n,)`` and ``data`` complex64 ``(n, coil, samples)`` as sent. ``noise`` ``(m, coil, samples')``
-    readouts, ``skipped`` the noise and non-imaging readouts set aside."""
+    """A validated request. Imaging readouts: ``slices``, ``frames``, ``columns``, ``keys``,
+    ``repetitions``, ``reverse`` ``(n,)`` and ``data`` complex64 ``(n, coil, samples)`` as sent, one per
+    line (``keys`` are unique). ``noise`` ``(m, coil, samples')`` readouts, ``skipped`` the noise and
+    non-imaging readouts set aside, ``repeated`` the readouts dropped as later repetitions of a line of
+    this request."""
 
     slices: IntArray
     frames: IntArray
@@ -65,6 +75,8 @@ class ParsedRequest:
     noise: tuple[NDArray[np.complex64], ...]
     skipped: int
     close: bool
+    repetitions: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    repeated: int = 0
 
     @property
     def lines(self) -> int:
@@ -111,9 +123,18 @@ def _first(mask: NDArray[np.bool_] | np.bool_, indices: IntArray) -> int:
 
 
 def _check_finite(indices: IntArray, data: NDArray[np.complex64]) -> None:
-    finite = np.isfinite(data.view(np.float32)).reshape(data.shape[0], -1).all(axis=1)
+    values = data.view(np.float32).reshape(data.shape[0], -1)
+    finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         raise NonFiniteDataError(f"readout {_first(~finite, indices)} contains NaN or Inf samples")
+    # A readout's FFT (oversampling removal) sums up to 65535 samples: beyond this they overflow float32.
+    huge = (np.abs(values) > MAX_SAMPLE_MAGNITUDE).any(axis=1)
+    if huge.any():
+        first = _first(huge, indices)
+        raise NonFiniteDataError(
+            f"readout {first} has samples beyond {MAX_SAMPLE_MAGNITUDE:.0e} in magnitude; they would "
+            "overflow to Inf in the readout FFT"
+        )
 
 
 def parse_request(payload: bytes, session: ScanSession) -> ParsedRequest:
@@ -189,13 +210,13 @@ def parse_request(payload: bytes, session: ScanSession) -> ParsedRequest:
                 value=int(values[first]),
             )
     keys = line_keys(slices, frames, columns, geometry)
-    unique, counts = np.unique(keys, return_counts=True)
-    if (counts > 1).any():
-        twice = int(unique[np.flatnonzero(counts > 1)[0]])
-        raise DuplicateLineError(
-            f"line {describe_key(twice, geometry, encoding)} appears more than once in this request"
-        )
+    arrivals = _first_arrivals(keys, repetitions, geometry, encoding)
     reverse = (heads["flags"] & _REVERSE) != 0
+    repeated = int(keys.size - arrivals.size)
+    if repeated:
+        slices, frames, columns = slices[arrivals], frames[arrivals], columns[arrivals]
+        keys, repetitions = keys[arrivals], repetitions[arrivals]
+        reverse, data = reverse[arrivals], data[arrivals]
     return ParsedRequest(
         slices=slices,
         frames=frames,
@@ -206,7 +227,40 @@ def parse_request(payload: bytes, session: ScanSession) -> ParsedRequest:
         noise=tuple(noise),
         skipped=skipped,
         close=decoded.close,
+        repetitions=repetitions,
+        repeated=repeated,
     )
+
+
+def _first_arrivals(
+    keys: IntArray, repetitions: IntArray, geometry: ScanGeometry, encoding: Encoding
+) -> IntArray:
+    """Sorted indices ``(k,)`` of the first readout of every line in ``keys`` ``(n,)``.
+
+    Later readouts of a line are repeats when their repetition is > 0 and differs from every earlier
+    one's; anything else (the same line twice in one repetition, or again in repetition 0) raises
+    :class:`DuplicateLineError` naming the line.
+    """
+    pairs = keys * max(1, encoding.repetitions) + repetitions
+    unique_pairs, pair_counts = np.unique(pairs, return_counts=True)
+    if (pair_counts > 1).any():
+        twice = int(unique_pairs[np.flatnonzero(pair_counts > 1)[0]])
+        key, repetition = divmod(twice, max(1, encoding.repetitions))
+        raise DuplicateLineError(
+            f"line {describe_key(key, geometry, encoding)} appears more than once in repetition "
+            f"{repetition} of this request"
+        )
+    _, first = np.unique(keys, return_index=True)
+    later = np.ones(keys.size, dtype=bool)
+    later[first] = False
+    again_in_zero = later & (repetitions == 0)
+    if again_in_zero.any():
+        key = int(keys[np.flatnonzero(again_in_zero)[0]])
+        raise DuplicateLineError(
+            f"line {describe_key(key, geometry, encoding)} appears more than once in this request "
+            "(again in repetition 0)"
+        )
+    return np.sort(first)
 
 
 def prepare_lines(

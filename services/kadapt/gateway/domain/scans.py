@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from kadapt.errors import DuplicateLineError, InvalidStateError, KadaptError, ServiceUnavailableError
 from kadapt.gateway.domain import completion, creation
-from kadapt.gateway.domain.images import encode_images, encode_npy
+from kadapt.gateway.domain.images import DicomOptions, describe_series, encode_images, encode_npy
 from kadapt.gateway.domain.ingest import ParsedRequest, parse_request, prepare_lines
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import Planner
@@ -190,15 +190,26 @@ class ScanService:
         if parsed.close and parsed.lines == 0 and session.state == ScanState.created:
             raise InvalidStateError(f"scan {scan_id}: CLOSE before any line was acquired", state="created")
         acquire, stage = self._route(session, parsed)
-        keep = acquire | stage
         duplicates = await self.store.claim_lines(
             scan_id, parsed.keys[acquire].tolist(), parsed.keys[stage].tolist()
         )
+        repeats = np.zeros(parsed.lines, dtype=bool)
         if duplicates:
-            where = describe_key(duplicates[0], session.geometry, session.encoding)
-            raise DuplicateLineError(
-                f"line {where} was already received ({len(duplicates)} duplicate(s) in this request)"
-            )
+            # Readouts of a later repetition re-deliver lines already in the scan: skip them (see
+            # ``ingest``); any other clash is a duplicate. The claim added nothing, so claim the rest again.
+            repeats = np.isin(parsed.keys, duplicates) & (parsed.repetitions > 0)
+            acquire, stage = acquire & ~repeats, stage & ~repeats
+            genuine = sorted(set(duplicates) - set(parsed.keys[repeats].tolist()))
+            if not genuine:
+                genuine = await self.store.claim_lines(
+                    scan_id, parsed.keys[acquire].tolist(), parsed.keys[stage].tolist()
+                )
+            if genuine:
+                where = describe_key(genuine[0], session.geometry, session.encoding)
+                raise DuplicateLineError(
+                    f"line {where} was already received ({len(genuine)} duplicate(s) in this request)"
+                )
+        keep = acquire | stage
         try:
             if keep.any():
                 lines = await self._run(
@@ -223,8 +234,12 @@ class ScanService:
         planned = session.planned_mask()
         outside = 0
         if not session.policy.retrospective and planned is not None:
-            outside = int((~planned[parsed.frames, parsed.columns]).sum())
-        counts = {"acquired": int(acquire.sum()), "skipped": int((~keep).sum()), "outside": outside}
+            outside = int((~planned[parsed.frames, parsed.columns] & ~repeats).sum())
+        counts = {
+            "acquired": int(acquire.sum()),
+            "skipped": int((~keep & ~repeats).sum()),
+            "outside": outside,
+        }
         acs_done = False
         if session.state in (ScanState.created, ScanState.calibrating) and keep.any():
             acs_keys = creation.acs_keys(session)
@@ -317,9 +332,16 @@ class ScanService:
         return session.public(int(acquired.sum()))
 
     async def images(
-        self, scan_id: str, image_format: str, *, slice_index: int, frame: int
+        self,
+        scan_id: str,
+        image_format: str,
+        *,
+        slice_index: int | None = None,
+        frame: int | None = None,
+        deidentify: bool = False,
     ) -> tuple[bytes, str]:
-        """The reconstructed magnitude images encoded as ``image_format``: ``(body, media type)``."""
+        """The reconstructed magnitude images encoded as ``image_format``: ``(body, media type)``
+        (``deidentify``: DICOM only, see ``kadapt.dicom.deidentify``)."""
         session = await self.refresh(scan_id)
         if session.state != ScanState.done or not session.images_path or not session.images_sha256:
             why = f": {session.error}" if session.error else ""
@@ -335,6 +357,12 @@ class ScanService:
             slice_index=slice_index,
             frame=frame,
             field_of_view_mm=session.encoding.field_of_view_mm,
+            dicom=DicomOptions(
+                header_xml=session.header_xml,
+                series_description=describe_series(session.policy, session.recon_method_used),
+                deidentify=deidentify,
+                uid_entropy=(scan_id,),
+            ),
         )
 
     async def mask(self, scan_id: str) -> bytes:
