@@ -232,12 +232,17 @@ def demo(
     data: Annotated[Path, typer.Option(help="dataset directory (built when absent)")] = Path("data/default"),
     volumes: Annotated[int, typer.Option(help="test volumes to replay")] = 2,
     models: Annotated[Path, typer.Option(help="model repository")] = Path("models"),
+    mrd_port: Annotated[int, typer.Option(help="MRD streaming port while the demo runs (0: off)")] = 9002,
 ) -> None:
     """The embedded stack end to end: held-out volumes x fixed policies x classic recons at R = 4, 8."""
     from kadapt.launcher.demo import run_demo
 
+    if not 0 <= mrd_port <= 65535:
+        raise _fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535, 0 turns MRD off)"))
     try:
-        rows = run_demo(out=out, data=data, volumes=volumes, models=models, console=console)
+        rows = run_demo(
+            out=out, data=data, volumes=volumes, models=models, console=console, mrd_port=mrd_port or None
+        )
     except KadaptError as error:
         raise _fail(error) from error
     console.print(f"report: {out / 'report.json'} ({len(rows)} rows), figures in {out / 'figures'}")

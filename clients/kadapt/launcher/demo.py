@@ -4,6 +4,7 @@ reconstructions at R = 4 and 8; a table on the terminal, ``report.json`` and fig
 from __future__ import annotations
 
 import asyncio
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,15 @@ def held_out_volumes(data: Path, count: int) -> list[Path]:
     if not files:
         raise InvalidInputError(f"{data}: the dataset has no test volumes")
     return files[:count]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def print_table(rows: Sequence[dict[str, Any]], console: Console | None = None) -> None:
@@ -74,8 +84,15 @@ def run_demo(
     policies: Sequence[str] = DEMO_POLICIES,
     recons: Sequence[str] = DEMO_RECONS,
     accelerations: Sequence[float] = DEMO_ACCELERATIONS,
+    mrd_port: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Build the default dataset when absent, replay ``volumes`` test volumes, print and save the table."""
+    """Build the default dataset when absent, replay ``volumes`` test volumes, print and save the table.
+
+    With ``mrd_port`` the embedded gateway also listens for MRD streaming clients while the demo runs; a
+    port already in use is reported and the demo runs without it (the replay uses REST)."""
+    if mrd_port is not None and not _port_free(mrd_port):
+        console.print(f"MRD port {mrd_port} is in use: the demo runs without the MRD streaming server")
+        mrd_port = None
     if not (data / "manifest.json").exists():
         console.print(f"building the default dataset in {data} ...")
         build_dataset(data)
@@ -84,7 +101,9 @@ def run_demo(
 
     async def replay() -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="kadapt-demo-") as tmp:
-            async with embedded_stack(Path(tmp), models) as stack:
+            async with embedded_stack(Path(tmp), models, mrd_port=mrd_port) as stack:
+                if stack.mrd_port is not None:
+                    console.print(f"MRD streaming server on 127.0.0.1:{stack.mrd_port} while the demo runs")
                 results = await replay_files(stack.gateway, paths, settings, out, progress=console.print)
         return aggregate(results)
 
