@@ -71,7 +71,11 @@ def print_table(rows: Sequence[dict[str, Any]], console: Console | None = None) 
             f"{row['plan_ms_p99']:.1f}",
             str(row["degraded_plans"]),
         )
-    (console or Console()).print(table)
+    # Piped output (make demo | tee, CI logs) defaults to 80 columns and would truncate the names.
+    out = console or Console()
+    if out.width < 130:
+        out = Console(width=130, file=out.file)
+    out.print(table)
 
 
 def run_demo(
