@@ -45,6 +45,23 @@ class ReconSettings(BaseSettings):
         description="coil maps of cg-sense / l1-wavelet: auto = ESPIRiT with >= 16 ACS lines, else ACS maps; "
         "acs is ~10x faster (ESPIRiT dominates)",
     )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="ONNX Runtime execution providers for learned bundles, in priority order",
+    )
+    strict_providers: bool = Field(
+        default=True,
+        description="readiness fails when a requested provider is not in use (a silent fallback)",
+    )
+    bundles: list[str] = Field(
+        default_factory=list,
+        description="bundles to serve, 'name' (latest) or 'name/version'; empty = every unet / modl / "
+        "vsharp bundle in model_repository (failures of those are listed but do not block readiness)",
+    )
+    inference_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads per session (0 = its default)"
+    )
     stream: str = DEFAULT_STREAM
     group: str = DEFAULT_GROUP
     dead_stream: str = DEFAULT_DEAD_STREAM

@@ -1,9 +1,12 @@
 """``create_app(settings)``: the recon service's FastAPI app (a factory; there is no module-level app).
 
-The lifespan picks the queue (the one passed in; else Redis from ``settings.redis_url``; else in-memory),
-starts ``settings.workers`` :class:`ReconWorker` tasks when ``run_worker``, and at shutdown stops them,
-giving a running job ``settings.shutdown_grace_s`` before cancelling it (a cancelled job was not acked,
-so the queue redelivers it). A queue passed in belongs to the caller and is not closed.
+The lifespan first loads the learned model bundles (:func:`kadapt.recon.domain.learned.load_learned`, in a
+thread: checksums, ONNX Runtime sessions on ``settings.providers``, warm-up) and attaches them to the method
+registry; readiness reports their problems. It then picks the queue (the one passed in; else Redis from
+``settings.redis_url``; else in-memory), starts ``settings.workers`` :class:`ReconWorker` tasks when
+``run_worker``, and at shutdown stops them, giving a running job ``settings.shutdown_grace_s`` before
+cancelling it (a cancelled job was not acked, so the queue redelivers it). A queue passed in belongs to
+the caller and is not closed.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue, MemoryJobQueue
 from kadapt.jobs.redis_queue import RedisJobQueue
 from kadapt.recon.api.routes import ReconRuntime, router
 from kadapt.recon.domain.classic import ClassicParameters
+from kadapt.recon.domain.learned import load_learned
 from kadapt.recon.domain.methods import MethodRegistry, default_registry
 from kadapt.recon.domain.worker import ReconMetrics, ReconWorker
 from kadapt.recon.settings import ReconSettings
@@ -69,6 +73,13 @@ def create_app(
     only (then readiness needs only the queue); ``methods`` replaces the default registry."""
     registry = CollectorRegistry()
     metrics = ReconMetrics.create(registry)
+    inference_seconds = Histogram(
+        "kadapt_recon_inference_seconds",
+        "ONNX Runtime inference time of one (slice, frame) by bundle",
+        ["bundle"],
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        registry=registry,
+    )
     state = ReconRuntime(
         settings=settings,
         blobs=BlobStore(settings.blob_dir),
@@ -83,6 +94,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalogue = await asyncio.to_thread(
+            load_learned,
+            settings.model_repository,
+            settings.bundles,
+            settings.providers,
+            strict_providers=settings.strict_providers,
+            intra_op_threads=settings.inference_threads,
+        )
+        catalogue.set_observer(lambda ref, seconds: inference_seconds.labels(bundle=ref).observe(seconds))
+        state.methods.attach_learned(catalogue)
+        state.learned = catalogue
         owned_queue = queue is None
         active_queue = queue if queue is not None else build_queue(settings)
         state.queue = active_queue
@@ -110,6 +132,7 @@ def create_app(
             state.workers.clear()
             state.tasks.clear()
             state.queue = None
+            state.learned = None
             if owned_queue:
                 await active_queue.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from kadapt.errors import NotFoundError, ServiceUnavailableError
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue
+from kadapt.recon.domain.learned import BundleStatus, LearnedCatalogue
 from kadapt.recon.domain.methods import MethodRegistry
 from kadapt.recon.domain.worker import ReconWorker
 from kadapt.recon.settings import ReconSettings
@@ -30,6 +31,7 @@ class ReconRuntime:
     registry: CollectorRegistry
     run_worker: bool
     queue: JobQueue | None = None
+    learned: LearnedCatalogue | None = None
     workers: list[ReconWorker] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -40,6 +42,11 @@ class ReconRuntime:
 
     async def readiness_problem(self) -> str | None:
         """Why the service is not ready, or None when it is."""
+        if self.learned is None:
+            return "model bundles are not loaded yet"
+        learned_problem = self.learned.readiness_problem()
+        if learned_problem is not None:
+            return learned_problem
         if self.queue is None:
             return "the job queue is not set up yet"
         if not await self.queue.ping():
@@ -66,9 +73,65 @@ class HealthPublic(pydantic.BaseModel):
     status: Literal["ok"]
 
 
+class BundlePublic(pydantic.BaseModel):
+    """A bundle this process tried to load: ``loaded`` (verified, session open, warmed up) or ``failed``
+    with the ``reason``; ``explicit`` when ``KADAPT_RECON_BUNDLES`` named it."""
+
+    ref: str
+    state: Literal["loaded", "failed"]
+    explicit: bool
+    reason: str | None = None
+    kind: str | None = None
+    geometry: dict[str, Any] | None = None
+    accelerations: list[float] | None = None
+    num_acs: int | None = None
+    normalisation: str | None = None
+    opset: int | None = None
+    validation: dict[str, Any] | None = None
+    providers: list[str] = []
+    warmup_ms: float | None = None
+
+    @classmethod
+    def of(cls, status: BundleStatus) -> BundlePublic:
+        manifest = status.manifest
+        summary: dict[str, Any] = {}
+        if manifest is not None:
+            summary = {
+                "kind": manifest.kind,
+                "geometry": manifest.geometry.model_dump(),
+                "accelerations": list(manifest.accelerations),
+                "num_acs": manifest.num_acs,
+                "normalisation": manifest.normalisation,
+                "opset": manifest.opset,
+                "validation": manifest.model_dump(mode="json")["validation"],
+            }
+        return cls(
+            ref=status.ref,
+            state=status.state,
+            explicit=status.explicit,
+            reason=status.reason,
+            providers=list(status.providers),
+            warmup_ms=status.warmup_ms,
+            **summary,
+        )
+
+
+class ModelsPublic(pydantic.BaseModel):
+    """The learned-model side of the service: providers asked for, strict mode, every bundle tried."""
+
+    providers_requested: list[str]
+    strict_providers: bool
+    bundles: list[BundlePublic]
+
+
 class ReadinessPublic(pydantic.BaseModel):
     status: Literal["ready"]
     workers: int
+    bundles: list[BundlePublic] | None = None  # left out when no bundle was tried
+
+
+def _bundles_public(state: ReconRuntime) -> list[BundlePublic]:
+    return [] if state.learned is None else [BundlePublic.of(s) for s in state.learned.statuses]
 
 
 def runtime(request: Request) -> ReconRuntime:
@@ -87,13 +150,22 @@ async def healthz() -> HealthPublic:
     return HealthPublic(status="ok")
 
 
-@router.get("/readyz", tags=["health"], responses={503: {"description": "not ready (problem+json)"}})
+@router.get(
+    "/readyz",
+    tags=["health"],
+    responses={503: {"description": "not ready (problem+json)"}},
+    response_model_exclude_none=True,
+)
 async def readyz(state: Runtime) -> ReadinessPublic:
-    """Readiness: the queue answers and every worker runs (503 problem+json otherwise)."""
+    """Readiness: requested bundles loaded and warmed up on the requested providers, the queue answers
+    and every worker runs (503 problem+json otherwise, with ``bundles`` listing each bundle's state)."""
     problem = await state.readiness_problem()
+    bundles = _bundles_public(state)
     if problem is not None:
-        raise ServiceUnavailableError(f"recon not ready: {problem}")
-    return ReadinessPublic(status="ready", workers=len(state.workers))
+        raise ServiceUnavailableError(
+            f"recon not ready: {problem}", bundles=[b.model_dump(mode="json") for b in bundles]
+        )
+    return ReadinessPublic(status="ready", workers=len(state.workers), bundles=bundles or None)
 
 
 @router.get("/metrics", tags=["health"], response_class=Response)
@@ -112,8 +184,20 @@ async def list_methods(state: Runtime) -> list[MethodPublic]:
             kind=method.kind,
             fallback=method.name == state.methods.fallback,
         )
-        for method in state.methods.methods()
+        for method in [*state.methods.methods(), *state.methods.learned_methods()]
     ]
+
+
+@router.get("/v1/models", tags=["recon"], responses={503: {"description": "bundles not loaded yet"}})
+async def list_models(state: Runtime) -> ModelsPublic:
+    """The learned bundles this process loaded (manifest summary, providers in use) or refused (reason)."""
+    if state.learned is None:
+        raise ServiceUnavailableError("model bundles are not loaded yet")
+    return ModelsPublic(
+        providers_requested=list(state.learned.requested_providers),
+        strict_providers=state.settings.strict_providers,
+        bundles=_bundles_public(state),
+    )
 
 
 @router.get("/v1/jobs/{job_id}", tags=["recon"], responses={404: {"description": "no result (problem+json)"}})
@@ -144,7 +228,7 @@ async def recon_job_body(request: Request) -> ReconJob:
 async def submit_job(job: Annotated[ReconJob, Depends(recon_job_body)], state: Runtime) -> ReconResult:
     """Enqueue a job (for tools; the gateway enqueues directly). Checks the method and that the blob
     paths lie under the blob root before queueing; the returned result is ``queued``."""
-    choice = state.methods.choose(job.method)
+    state.methods.validate(job.method)
     state.blobs.resolve(job.kspace_path)
     state.blobs.resolve(job.mask_path)
     await state.require_queue().enqueue(job)
@@ -153,6 +237,4 @@ async def submit_job(job: Annotated[ReconJob, Depends(recon_job_body)], state: R
         scan_id=job.scan_id,
         status=ReconStatus.queued,
         method_requested=job.method,
-        method_used=choice.method.name,
-        fallback_reason=choice.fallback_reason,
     )

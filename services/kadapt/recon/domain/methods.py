@@ -1,10 +1,20 @@
 """The registry of reconstruction methods the recon worker can run, and the fallback rule.
 
-A job names its method. A registered name runs as is. A name that is not registered but names a model
-bundle in the repository (``<repository>/<name>/<version>/manifest.json``) is a learned reconstruction this
-worker cannot serve (yet, or its model failed to load): the job runs the fallback method (``cg-sense``)
-and its result records ``method_used`` and ``fallback_reason``, as the gateway does for plans
-(architecture section 4). Any other name is an :class:`UnknownReconMethodError`.
+A job names its method:
+
+- a registered (classic) name runs as is;
+- ``learned`` / ``auto``: the best loaded bundle accepting the scan (:meth:`LearnedCatalogue.best`);
+- a bundle ``name`` or ``name/version`` that is loaded: that bundle, if it accepts the scan;
+- a bundle this worker does not serve (not loaded: refused, not requested, or only in the repository) ->
+  the fallback method (``cg-sense``).
+
+Whenever the learned choice cannot be served -- nothing loaded, the bundle refuses the scan's geometry or
+R -- the job runs the fallback and its result records ``method_used`` and ``fallback_reason``, as the
+gateway does for plans (architecture section 4). Any other name is an :class:`UnknownReconMethodError`.
+
+Whether a loaded bundle accepts a scan depends on its k-space and mask: the worker first checks the
+name (:meth:`MethodRegistry.validate`, so an unknown method fails the job before any blob is read), then
+loads the data and chooses with the scan's shape (:meth:`MethodRegistry.choose`).
 """
 
 from __future__ import annotations
@@ -19,7 +29,13 @@ from typing import Any
 from numpy.typing import NDArray
 
 from kadapt.errors import InvalidInputError, UnknownReconMethodError
-from kadapt.recon.domain.classic import CLASSIC_METHODS, DEFAULT_PARAMETERS, ClassicParameters, reconstruct
+from kadapt.recon.domain.classic import (
+    CLASSIC_METHODS,
+    DEFAULT_PARAMETERS,
+    ClassicParameters,
+    reconstruct,
+)
+from kadapt.recon.domain.learned import LearnedCatalogue, LearnedModel, ScanShape
 
 #: ``(kspace (slice, frame, coil, H, W), mask (slice, frame, W), num_acs) -> magnitude (slice, frame, H, W)``
 Reconstructor = Callable[[NDArray[Any], NDArray[Any], int], NDArray[Any]]
@@ -27,6 +43,8 @@ Reconstructor = Callable[[NDArray[Any], NDArray[Any], int], NDArray[Any]]
 BundleLookup = Callable[[str], bool]
 
 FALLBACK_METHOD = "cg-sense"
+#: Method names asking for the best loaded bundle that accepts the scan.
+AUTO_METHODS = ("learned", "auto")
 
 _DESCRIPTIONS = {
     "zero-filled": "RSS of the zero-filled coil images (no reconstruction; the baseline)",
@@ -51,7 +69,10 @@ class ReconMethod:
 
 @dataclass(frozen=True)
 class MethodChoice:
-    """What a job asked for and what will run; ``fallback_reason`` is set when they differ."""
+    """What a job asked for and what will run; ``fallback_reason`` is set when they differ.
+
+    Learned choices are made with the scan's shape (:meth:`MethodRegistry.choose`), once its data is
+    loaded, so a choice is final when made."""
 
     requested: str
     method: ReconMethod
@@ -94,6 +115,7 @@ class MethodRegistry:
             self.register(method)
         self.fallback = fallback
         self.names_a_bundle = names_a_bundle
+        self.learned: LearnedCatalogue | None = None
 
     def register(self, method: ReconMethod) -> None:
         """Add ``method``; :class:`InvalidInputError` if its name is taken."""
@@ -116,21 +138,102 @@ class MethodRegistry:
             )
         return method
 
-    def choose(self, requested: str) -> MethodChoice:
-        """The method to run for a job asking for ``requested`` (see the module docstring)."""
+    def attach_learned(self, catalogue: LearnedCatalogue) -> None:
+        """Serve the loaded models of ``catalogue`` (the app does this after loading, before ready)."""
+        self.learned = catalogue
+
+    def learned_methods(self) -> list[ReconMethod]:
+        """One entry per loaded bundle (``name/version``), for listings."""
+        if self.learned is None:
+            return []
+        return [
+            ReconMethod(
+                name=model.ref,
+                description=f"learned {model.manifest.kind} ({_describe_model(model)})",
+                kind="learned",
+                run=model.reconstruct,
+            )
+            for model in self.learned.models
+        ]
+
+    def choose(self, requested: str, shape: ScanShape | None = None) -> MethodChoice:
+        """The method to run for a job asking for ``requested`` (see the module docstring); ``shape``
+        (the scan's, :func:`kadapt.recon.domain.learned.scan_shape`) makes a learned choice final."""
         if requested in self._methods:
             return MethodChoice(requested=requested, method=self._methods[requested])
-        if self.names_a_bundle(requested):
-            reason = (
+        learned = self.learned
+        wants_best = requested in AUTO_METHODS
+        model = learned.find(requested) if learned is not None and not wants_best else None
+        if wants_best and (learned is None or not learned.models):
+            return self._fall_back(requested, "no learned bundle is loaded by this worker")
+        if model is not None or wants_best:
+            if shape is None:
+                # Whether a bundle accepts a scan depends on its data: the worker chooses after loading.
+                raise InvalidInputError(f"choosing the learned method {requested!r} needs the scan's shape")
+            return self._resolve(requested, shape)
+        if (learned is not None and learned.knows(requested)) or self.names_a_bundle(requested):
+            return self._fall_back(
+                requested,
                 f"{requested!r} names a model bundle, but no learned reconstruction for it is served "
-                f"by this worker; ran {self.fallback!r} instead"
+                "by this worker (not loaded)",
             )
-            return MethodChoice(requested=requested, method=self.get(self.fallback), fallback_reason=reason)
         known = ", ".join(self._methods)
         raise UnknownReconMethodError(
-            f"unknown recon method {requested!r}: neither registered ({known}) nor a model bundle",
+            f"unknown recon method {requested!r}: neither registered ({known}), "
+            f"{' / '.join(AUTO_METHODS)}, nor a model bundle",
             method=requested,
         )
+
+    def validate(self, requested: str) -> None:
+        """Raise :class:`UnknownReconMethodError` unless ``requested`` can be chosen for some scan."""
+        if requested in self._methods or requested in AUTO_METHODS:
+            return
+        learned = self.learned
+        if (learned is not None and learned.knows(requested)) or self.names_a_bundle(requested):
+            return
+        known = ", ".join(self._methods)
+        raise UnknownReconMethodError(
+            f"unknown recon method {requested!r}: neither registered ({known}), "
+            f"{' / '.join(AUTO_METHODS)}, nor a model bundle",
+            method=requested,
+        )
+
+    def _fall_back(self, requested: str, why: str) -> MethodChoice:
+        reason = f"{why}; ran {self.fallback!r} instead"
+        return MethodChoice(requested=requested, method=self.get(self.fallback), fallback_reason=reason)
+
+    def _resolve(self, requested: str, shape: ScanShape) -> MethodChoice:
+        """The final choice for ``requested`` (a loaded bundle or ``learned`` / ``auto``) on ``shape``."""
+        learned = self.learned
+        if learned is None:
+            return self._fall_back(requested, "no learned bundle is loaded by this worker")
+        if requested in AUTO_METHODS:
+            best, reasons = learned.best(shape)
+            if best is None:
+                return self._fall_back(
+                    requested, f"no loaded bundle accepts the scan: {'; '.join(reasons) or 'none loaded'}"
+                )
+            model = best
+        else:
+            found = learned.find(requested)
+            if found is None:
+                return self._fall_back(requested, f"bundle {requested!r} is not loaded by this worker")
+            model = found
+            reason = model.rejection(shape)
+            if reason is not None:
+                return self._fall_back(requested, reason)
+        return MethodChoice(
+            requested=requested,
+            method=ReconMethod(
+                name=model.ref, description=_describe_model(model), kind="learned", run=model.reconstruct
+            ),
+        )
+
+
+def _describe_model(model: LearnedModel) -> str:
+    geometry = model.manifest.geometry
+    rates = ", ".join(f"{r:g}" for r in model.manifest.accelerations)
+    return f"bundle {model.ref}, {geometry.kx}x{geometry.ky}x{geometry.coils} at R {rates}"
 
 
 def classic_methods(parameters: ClassicParameters = DEFAULT_PARAMETERS) -> list[ReconMethod]:

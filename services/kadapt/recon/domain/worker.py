@@ -29,6 +29,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from kadapt.errors import ChecksumMismatchError, InvalidInputError, NotFoundError, ServiceUnavailableError
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import Delivery, JobQueue
+from kadapt.recon.domain.classic import check_recon_inputs
+from kadapt.recon.domain.learned import scan_shape
 from kadapt.recon.domain.methods import MethodChoice, MethodRegistry, default_registry
 from kadapt.schemas.jobs import ReconJob, ReconResult, ReconStatus
 
@@ -143,8 +145,8 @@ class ReconWorker:
                     "recon job %s already has a result (%s); acked", job.job_id, existing.status.value
                 )
                 return existing
-            choice = self.methods.choose(job.method)
-            images_path, images_sha256 = await asyncio.to_thread(self._reconstruct_blobs, job, choice)
+            self.methods.validate(job.method)
+            choice, images_path, images_sha256 = await asyncio.to_thread(self._reconstruct_blobs, job)
         except NON_RETRIABLE_ERRORS as err:
             logger.warning("recon job %s failed for good: %s", job.job_id, err)
             failed = self._result(
@@ -173,15 +175,18 @@ class ReconWorker:
         )
         return await self._finish(delivery, done, started)
 
-    def _reconstruct_blobs(self, job: ReconJob, choice: MethodChoice) -> tuple[str, str]:
-        """Blocking part of a job (runs in a thread): load, reconstruct, write the images blob."""
+    def _reconstruct_blobs(self, job: ReconJob) -> tuple[MethodChoice, str, str]:
+        """Blocking part of a job (runs in a thread): load, choose on the scan's shape, reconstruct,
+        write the images blob."""
         kspace = self.blobs.get_array(job.kspace_path, job.kspace_sha256)
         mask = self.blobs.get_array(job.mask_path, job.mask_sha256)
-        images = choice.method.run(kspace, mask, job.num_acs)
+        checked_kspace, checked_mask = check_recon_inputs(kspace, mask, job.num_acs)
+        choice = self.methods.choose(job.method, scan_shape(checked_kspace, checked_mask))
+        images = choice.method.run(checked_kspace, checked_mask, job.num_acs)
         # A unique name per run: two workers racing on one job (a slow one taken over) never clobber
         # each other's file; the loser deletes its own after the write-once result says it lost.
         key = f"recon/{_key_part(job.scan_id)}/{_key_part(job.job_id)}/images-{uuid.uuid4().hex[:12]}"
-        return self.blobs.put_array(key, images)
+        return (choice, *self.blobs.put_array(key, images))
 
     def _result(
         self, job: ReconJob, delivery: Delivery, started: float, *, status: ReconStatus, **fields: object
