@@ -28,6 +28,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Offline data.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks with machine-readable (JSON) results.")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+train_app = typer.Typer(no_args_is_help=True, help="Offline training: writes model bundles.")
+app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 
 SERVICE_NAMES = ("gateway", "sampler", "recon")
@@ -263,6 +265,67 @@ def bench_ingest(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+@train_app.command("recon", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train_recon_command(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="unet | modl | vsharp")],
+    data: Annotated[Path, typer.Option(help="dataset directory (kadapt data build)")],
+    out: Annotated[Path, typer.Option(help="bundle to write: REPOSITORY/NAME/VERSION")],
+    accelerations: Annotated[list[float], typer.Option("--R", help="accelerations, e.g. --R 4 8")],
+    masks: Annotated[str, typer.Option(help="comma-separated 1D mask families")] = "vd-random,equispaced",
+    quick: Annotated[bool, typer.Option(help="a few steps with tiny models (tests)")] = False,
+    config: Annotated[Path | None, typer.Option(help="YAML config (default: the model's own)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="override the config's epochs")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="override steps per epoch")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="override the batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="override the learning rate")] = None,
+    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 8)")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    runs: Annotated[
+        Path | None, typer.Option(help="checkpoints + TensorBoard (default runs/NAME/VERSION)")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from RUNS/last.pt")] = False,
+    seed: Annotated[int, typer.Option(help="seed of masks, batches and initialisation")] = 0,
+) -> None:
+    """Train a reconstruction model on the train split, validate on val, export the best as a bundle."""
+    from kadapt.trainer.config import make_config
+    from kadapt.trainer.loop import train_recon
+
+    try:
+        # `--R 4 8`: click leaves the values after the first as extra arguments.
+        extra = [float(value) for value in ctx.args]
+    except ValueError as error:
+        raise _fail(
+            ValueError(f"unexpected arguments {ctx.args}: only accelerations may follow --R")
+        ) from error
+    try:
+        settings = make_config(
+            model,
+            data,
+            tuple(accelerations) + tuple(extra),
+            tuple(name.strip() for name in masks.split(",") if name.strip()),
+            out,
+            runs=runs,
+            quick=quick,
+            config_file=config,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+            lr=lr,
+            num_acs=num_acs,
+            device=device,
+            resume=resume,
+            seed=seed,
+        )
+        result = train_recon(settings, console=console)
+    except KadaptError as error:
+        raise _fail(error) from error
+    console.print(
+        f"wrote {result.bundle.path} (epochs {result.first_epoch}..{result.epochs_completed}, best epoch "
+        f"{result.best_epoch}, mean val SSIM {result.best_ssim:.4f}) in {result.seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":

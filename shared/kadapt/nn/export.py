@@ -130,8 +130,9 @@ def _quiet_torch_export() -> Iterator[None]:
             "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
         )
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
-        # torch.jit.trace flags the shape checks at our edges; a trace is per geometry by design.
-        warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean")
+        # torch.jit.trace flags the shape checks at our edges and the U-Net's odd-size padding (shapes
+        # read as Python booleans / integers); a trace is per geometry by design.
+        warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python (boolean|integer)")
         yield
 
 

@@ -1,0 +1,240 @@
+"""Training configuration: a YAML file beside each model kind, overridden by command-line flags.
+
+``configs/<kind>.yaml`` holds ``model`` (keyword arguments of the model class), ``quick_model`` (merged
+over ``model`` by ``--quick``), ``optimiser`` (Adam ``lr``, ``weight_decay``), ``loss`` (a
+:class:`kadapt.nn.losses.DualDomainLoss` ``preset`` plus ``weights`` overrides) and ``training``
+(``epochs``, ``steps_per_epoch``, ``batch_size``, optional ``num_acs``, ``val_slices``). Flags given on the
+command line win over the file; ``--quick`` wins over the file's training section.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast, get_args
+
+import yaml
+from torch import nn
+
+from kadapt.bundles.manifest import BUNDLE_NAME_PATTERN, BUNDLE_VERSION_PATTERN
+from kadapt.errors import InvalidAccelerationError, InvalidInputError, NotFoundError
+from kadapt.masks import get_family
+from kadapt.nn.losses import DualDomainLoss
+from kadapt.nn.modl import MoDL
+from kadapt.nn.unet import UNetRecon
+from kadapt.nn.vsharp import VSharp2D
+
+ModelKind = Literal["unet", "modl", "vsharp"]
+MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
+CONFIG_DIR = Path(__file__).parent / "configs"
+LOSS_PRESETS = ("seed004", "seed001")
+LOSS_WEIGHT_NAMES = ("ssim_weight", "l1_weight", "hfen_weight", "nrmse_weight", "kspace_weight")
+#: ``--quick``: a handful of steps and a few validation slices (used by the tests).
+QUICK_TRAINING: dict[str, int] = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 1, "val_slices": 2}
+_MODEL_CLASSES: dict[str, type[nn.Module]] = {"unet": UNetRecon, "modl": MoDL, "vsharp": VSharp2D}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one ``kadapt train recon`` run needs, validated.
+
+    ``out`` is ``REPOSITORY/NAME/VERSION`` of the bundle to write; ``runs`` holds checkpoints and
+    TensorBoard logs; ``num_acs`` ``None`` means ``W // 16`` of the data (8 at W = 128).
+    """
+
+    model: ModelKind
+    data: Path
+    accelerations: tuple[float, ...]
+    masks: tuple[str, ...]
+    out: Path
+    runs: Path
+    model_params: dict[str, Any]
+    lr: float
+    weight_decay: float
+    loss_preset: str
+    loss_weights: dict[str, float]
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    num_acs: int | None = None
+    val_slices: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    resume: bool = False
+    quick: bool = False
+    config_file: Path = field(default=CONFIG_DIR / "unet.yaml")
+
+    @property
+    def repository(self) -> Path:
+        """The model repository the bundle goes to (``out``'s grandparent)."""
+        return self.out.parent.parent
+
+    @property
+    def bundle_name(self) -> str:
+        return self.out.parent.name
+
+    @property
+    def bundle_version(self) -> str:
+        return self.out.name
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise NotFoundError(f"no trainer config file at {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise InvalidInputError(f"config {path} is not valid YAML: {error}") from error
+    if not isinstance(loaded, dict):
+        raise InvalidInputError(f"config {path} must be a mapping, got {type(loaded).__name__}")
+    return cast(dict[str, Any], loaded)
+
+
+def _section(document: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = document.get(name) or {}
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"config {path}: section {name!r} must be a mapping, got {value!r}")
+    return cast(dict[str, Any], value)
+
+
+def _positive(name: str, value: int | float) -> None:
+    if not value > 0:
+        raise InvalidInputError(f"{name} must be > 0, got {value}")
+
+
+def _check_out(out: Path) -> None:
+    # REPO/NAME/VERSION: NAME and VERSION become the manifest's name and version.
+    name, version = out.parent.name, out.name
+    if not re.match(BUNDLE_NAME_PATTERN, name) or not re.match(BUNDLE_VERSION_PATTERN, version):
+        raise InvalidInputError(
+            f"--out {out} must be REPOSITORY/NAME/VERSION with a lowercase NAME ({BUNDLE_NAME_PATTERN}) and "
+            f"a VERSION matching {BUNDLE_VERSION_PATTERN}; got name {name!r}, version {version!r}"
+        )
+
+
+def _check_masks(masks: tuple[str, ...]) -> None:
+    if not masks:
+        raise InvalidInputError("at least one mask family is needed (--masks)")
+    for family in masks:
+        spec = get_family(family)  # UnknownMaskFamilyError names it
+        if spec.dims != "1d":
+            raise InvalidInputError(
+                f"mask family {family!r} is {spec.dims}; the recon bundles take 1D line masks (1, 1, 1, W, 1)"
+            )
+
+
+def make_config(
+    model: str,
+    data: Path,
+    accelerations: tuple[float, ...],
+    masks: tuple[str, ...],
+    out: Path,
+    *,
+    runs: Path | None = None,
+    quick: bool = False,
+    config_file: Path | None = None,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    num_acs: int | None = None,
+    device: str = "cpu",
+    resume: bool = False,
+    seed: int = 0,
+) -> TrainConfig:
+    """Validate the inputs, read the YAML config (default ``configs/<model>.yaml``) and apply overrides.
+
+    Raises :class:`InvalidInputError` (unknown model, bad sizes, bad ``out``, 2D mask family),
+    :class:`InvalidAccelerationError` (an R <= 1), :class:`NotFoundError` (missing data dir or config).
+    """
+    if model not in MODEL_KINDS:
+        raise InvalidInputError(f"unknown model {model!r}; choose one of {list(MODEL_KINDS)}")
+    if not accelerations:
+        raise InvalidInputError("at least one acceleration R is needed (--R)")
+    bad = [r for r in accelerations if not r > 1.0]
+    if bad:
+        raise InvalidAccelerationError(f"accelerations must be > 1, got R = {bad}")
+    data = Path(data)
+    if not data.is_dir():
+        raise NotFoundError(f"data directory {data} does not exist")
+    _check_masks(masks)
+    out = Path(out)
+    _check_out(out)
+    if device not in ("cpu", "cuda"):
+        raise InvalidInputError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if seed < 0:
+        raise InvalidInputError(f"seed must be >= 0, got {seed}")
+    path = Path(config_file) if config_file is not None else CONFIG_DIR / f"{model}.yaml"
+    document = _read_yaml(path)
+    params = dict(_section(document, "model", path))
+    if quick:
+        params.update(_section(document, "quick_model", path))
+    optimiser = _section(document, "optimiser", path)
+    loss = _section(document, "loss", path)
+    training = dict(_section(document, "training", path))
+    if quick:
+        training.update(QUICK_TRAINING)
+    overrides = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size}
+    training.update({key: value for key, value in overrides.items() if value is not None})
+    preset = str(loss.get("preset", "seed004"))
+    if preset not in LOSS_PRESETS:
+        raise InvalidInputError(f"config {path}: unknown loss preset {preset!r}; choose {list(LOSS_PRESETS)}")
+    weights = {str(key): float(value) for key, value in (loss.get("weights") or {}).items()}
+    unknown = sorted(set(weights) - set(LOSS_WEIGHT_NAMES))
+    if unknown:
+        raise InvalidInputError(
+            f"config {path}: unknown loss weights {unknown}; known {list(LOSS_WEIGHT_NAMES)}"
+        )
+    config = TrainConfig(
+        model=cast(ModelKind, model),
+        data=data,
+        accelerations=tuple(float(r) for r in accelerations),
+        masks=tuple(masks),
+        out=out,
+        runs=Path(runs) if runs is not None else Path("runs") / out.parent.name / out.name,
+        model_params=params,
+        lr=float(lr if lr is not None else optimiser.get("lr", 1e-3)),
+        weight_decay=float(optimiser.get("weight_decay", 0.0)),
+        loss_preset=preset,
+        loss_weights=weights,
+        epochs=int(training.get("epochs", 1)),
+        steps_per_epoch=int(training.get("steps_per_epoch", 1)),
+        batch_size=int(training.get("batch_size", 1)),
+        num_acs=num_acs if num_acs is not None else training.get("num_acs"),
+        val_slices=training.get("val_slices"),
+        device=device,
+        seed=seed,
+        resume=resume,
+        quick=quick,
+        config_file=path,
+    )
+    for name in ("epochs", "steps_per_epoch", "batch_size", "lr"):
+        _positive(name, getattr(config, name))
+    if config.num_acs is not None:
+        _positive("num_acs", config.num_acs)
+    if config.val_slices is not None:
+        _positive("val_slices", config.val_slices)
+    build_model(config.model, config.model_params)  # fail now, not after loading the data
+    return config
+
+
+def build_model(kind: ModelKind, params: dict[str, Any]) -> nn.Module:
+    """The reconstruction model of ``kind`` built from the config's keyword ``params``.
+
+    Every kind follows :class:`kadapt.nn.modl.ReconModel`: ``(B, C, H, W, 2), (B, 1, 1, W, 1),
+    (B, C, H, W, 2) -> (B, H, W, 2)``.
+    """
+    try:
+        return _MODEL_CLASSES[kind](**params)
+    except TypeError as error:
+        raise InvalidInputError(f"model {kind!r}: bad hyper-parameters {params}: {error}") from error
+
+
+def build_loss(preset: str, weights: dict[str, float]) -> DualDomainLoss:
+    """The :class:`DualDomainLoss` of ``preset`` (``seed004`` | ``seed001``) with ``weights`` overridden."""
+    base = DualDomainLoss.seed004() if preset == "seed004" else DualDomainLoss.seed001()
+    merged = {f"{name}_weight": value for name, value in base.weights.items()}
+    merged["kspace_weight"] = merged.pop("kspace_nmae_weight")
+    merged.update(weights)
+    return DualDomainLoss(**merged)

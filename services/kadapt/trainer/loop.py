@@ -1,0 +1,300 @@
+"""Train, validate, checkpoint, resume — and at the end export the best checkpoint as a bundle.
+
+``train_recon(config)`` is the one entry point (the CLI's ``kadapt train recon`` calls it). The runs
+directory (``config.runs``) holds ``last.pt`` (model, optimiser, epoch, step, best metric, mask-generator
+state: what ``--resume`` continues from), ``best.pt`` (the weights with the best mean validation SSIM)
+and ``tensorboard/`` (SummaryWriter scalars).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from kadapt.bundles import Bundle
+from kadapt.data.manifest import load_manifest
+from kadapt.errors import InvalidInputError, InvalidStateError
+from kadapt.metrics import evaluate_volume
+from kadapt.nn.losses import DualDomainLoss, complex_magnitude
+from kadapt.trainer.bundle import write_recon_bundle
+from kadapt.trainer.config import TrainConfig, build_loss, build_model
+from kadapt.trainer.data import (
+    Batch,
+    MaskSampler,
+    SliceDataset,
+    check_budgets,
+    default_num_acs,
+    make_batch,
+    validation_masks,
+)
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+VALIDATION_METRICS = ("psnr", "ssim", "nmse")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run did: the written bundle, the epochs run by *this* invocation (``first_epoch`` ..
+    ``epochs_completed``, 1-based; ``first_epoch > epochs_completed`` when a resume had nothing left),
+    optimiser steps in total, the best epoch and its validation metrics, wall seconds."""
+
+    bundle: Bundle
+    first_epoch: int
+    epochs_completed: int
+    global_step: int
+    best_epoch: int
+    best_ssim: float
+    validation: dict[str, dict[str, float]]
+    seconds: float
+
+
+def validation_key(family: str, acceleration: float) -> str:
+    """``"<family>/R<R>"``, e.g. ``"vd-random/R4"``: the key of one (mask, R) in the metrics."""
+    return f"{family}/R{acceleration:g}"
+
+
+def validate(
+    model: nn.Module, dataset: SliceDataset, masks: dict[tuple[str, float], np.ndarray], device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Volume-level fastMRI metrics per (mask, R), averaged over the validation volumes.
+
+    Every slice of a volume is reconstructed with the fixed mask ``(W,)``; prediction and target
+    magnitudes ``(slices, H, W)`` are multiplied back by each slice's ACS scale before
+    :func:`kadapt.metrics.evaluate_volume`, so the metrics are on the data's own scale.
+    """
+    was_training = model.training
+    model.eval()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for (family, acceleration), mask in masks.items():
+            per_volume: list[dict[str, float]] = []
+            for indices in dataset.volumes.values():
+                items = [dataset.slices[i] for i in indices]
+                batch = make_batch(items, np.broadcast_to(mask, (len(items), mask.shape[0]))).to(device)
+                with torch.no_grad():
+                    image = model(batch.masked_kspace, batch.mask, batch.sens)
+                scales = torch.tensor([item.scale for item in items], device=device).view(-1, 1, 1)
+                prediction = (complex_magnitude(image) * scales).cpu().numpy()
+                target = (complex_magnitude(batch.target) * scales).cpu().numpy()
+                per_volume.append(evaluate_volume(target, prediction))
+            results[validation_key(family, acceleration)] = {
+                name: float(np.mean([metrics[name] for metrics in per_volume])) for name in VALIDATION_METRICS
+            }
+    finally:
+        model.train(was_training)
+    return results
+
+
+def mean_ssim(metrics: dict[str, dict[str, float]]) -> float:
+    """The model-selection criterion: mean SSIM over every (mask, R)."""
+    return float(np.mean([entry["ssim"] for entry in metrics.values()]))
+
+
+def training_loss(
+    model: nn.Module, loss: DualDomainLoss, batch: Batch, kind: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The dual-domain loss of one batch; vSHARP is supervised on every ADMM step (seed 004 eq. 5)."""
+    images: torch.Tensor | list[torch.Tensor]
+    step_weights: list[float] | None = None
+    if kind == "vsharp":
+        images = model.unroll_outputs(batch.masked_kspace, batch.mask, batch.sens)  # type: ignore[operator]
+        step_weights = model.step_weights()  # type: ignore[operator]
+    else:
+        images = model(batch.masked_kspace, batch.mask, batch.sens)
+    terms = loss.terms(
+        images,
+        batch.target,
+        kspace=batch.masked_kspace,
+        sens=batch.sens,
+        mask=batch.mask,
+        step_weights=step_weights,
+    )
+    return terms["total"], terms
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InvalidStateError(f"no checkpoint at {path} to resume from")
+    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=not enabled,
+    )
+
+
+def train_recon(
+    config: TrainConfig, *, show_progress: bool = True, console: Console | None = None
+) -> TrainResult:
+    """Train ``config.model`` on the train split, validate each epoch, export the best as a bundle.
+
+    Raises :class:`InvalidStateError` if the bundle version exists already, if ``config.runs`` holds a
+    checkpoint and ``resume`` is off, or if ``resume`` is on and there is none.
+    """
+    started = time.perf_counter()
+    console = console or Console(stderr=True)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    device = _device(config.device)
+    if config.out.exists():
+        raise InvalidStateError(f"bundle {config.out} exists already; versions are immutable")
+    last_path, best_path = config.runs / LAST_CHECKPOINT, config.runs / BEST_CHECKPOINT
+    if last_path.exists() and not config.resume:
+        raise InvalidStateError(f"{last_path} exists: pass --resume to continue it, or another --runs")
+    manifest = load_manifest(config.data)
+    train_records = manifest.volumes_in("train")
+    if not train_records:
+        raise InvalidInputError(f"dataset {config.data} has no train volume")
+    num_acs = config.num_acs or default_num_acs(train_records[0].width)
+    check_budgets(train_records[0].width, config.accelerations, num_acs)
+    train_set = SliceDataset(config.data, "train", num_acs)
+    val_set = SliceDataset(config.data, "val", num_acs, config.val_slices)
+    if val_set.geometry != train_set.geometry:
+        raise InvalidInputError(f"val geometry {val_set.geometry} differs from train {train_set.geometry}")
+    coils, height, width = train_set.geometry
+
+    # Parameter initialisation draws from torch's default generator: fork it so the seed stays local.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, config.model_params).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss = build_loss(config.loss_preset, config.loss_weights)
+    rng = np.random.default_rng(config.seed)
+    epoch, step, best_ssim, best_epoch = 0, 0, -math.inf, 0
+    best_metrics: dict[str, dict[str, float]] = {}
+    if config.resume:
+        checkpoint = _load(last_path)
+        if checkpoint["model_kind"] != config.model:
+            raise InvalidInputError(
+                f"{last_path} holds a {checkpoint['model_kind']!r} model, not {config.model!r}"
+            )
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        rng.bit_generator.state = checkpoint["mask_rng"]
+        epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
+        best_ssim, best_epoch = float(checkpoint["best_ssim"]), int(checkpoint["best_epoch"])
+        best_metrics = checkpoint["best_metrics"]
+    sampler = MaskSampler(config.masks, config.accelerations, width, num_acs, rng)
+    fixed_masks = validation_masks(config.masks, config.accelerations, width, num_acs, config.seed)
+    config.runs.mkdir(parents=True, exist_ok=True)
+    first_epoch = epoch + 1
+    writer = SummaryWriter(log_dir=str(config.runs / "tensorboard"))
+    try:
+        with _progress(console, show_progress) as progress:
+            total = max(0, config.epochs - epoch) * config.steps_per_epoch
+            task = progress.add_task(f"train {config.model}", total=total, status="")
+            for epoch in range(first_epoch, config.epochs + 1):  # epoch outlives the loop
+                model.train()
+                for _ in range(config.steps_per_epoch):
+                    picks = rng.choice(
+                        len(train_set), size=config.batch_size, replace=len(train_set) < config.batch_size
+                    )
+                    family, acceleration, masks = sampler.draw(config.batch_size)
+                    batch = make_batch([train_set.slices[int(i)] for i in picks], masks).to(device)
+                    total_loss, terms = training_loss(model, loss, batch, config.model)
+                    if not torch.isfinite(total_loss):
+                        raise InvalidStateError(
+                            f"loss became {float(total_loss)} at step {step} ({family}, R={acceleration})"
+                        )
+                    optimiser.zero_grad(set_to_none=True)
+                    total_loss.backward()  # type: ignore[no-untyped-call]
+                    optimiser.step()
+                    step += 1
+                    for name, term in terms.items():
+                        writer.add_scalar(f"train/{name}", float(term.detach()), step)
+                    progress.update(
+                        task, advance=1, status=f"epoch {epoch} loss {float(total_loss.detach()):.4f}"
+                    )
+                metrics = validate(model, val_set, fixed_masks, device)
+                score = mean_ssim(metrics)
+                for key, entry in metrics.items():
+                    for name, value in entry.items():
+                        writer.add_scalar(f"val/{key}/{name}", value, epoch)
+                writer.add_scalar("val/mean_ssim", score, epoch)
+                if score > best_ssim:
+                    best_ssim, best_epoch, best_metrics = score, epoch, metrics
+                    torch.save({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_path)
+                torch.save(
+                    {
+                        "model_kind": config.model,
+                        "model": model.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "best_ssim": best_ssim,
+                        "best_epoch": best_epoch,
+                        "best_metrics": best_metrics,
+                        "mask_rng": rng.bit_generator.state,
+                    },
+                    last_path,
+                )
+                progress.update(task, status=f"epoch {epoch} val SSIM {score:.4f} (best {best_ssim:.4f})")
+    finally:
+        writer.close()
+    best = _load(best_path)
+    model.load_state_dict(best["model"])
+    example_item = val_set.slices[0]
+    first_mask = fixed_masks[(config.masks[0], config.accelerations[0])]
+    example = make_batch([example_item], first_mask[None, :])
+    training = {
+        "data": config.data.resolve().name,
+        "dataset_seed": manifest.seed,
+        "train_slices": len(train_set),
+        "val_slices": len(val_set),
+        "masks": list(config.masks),
+        "accelerations": list(config.accelerations),
+        "num_acs": num_acs,
+        "steps": step,
+        "epochs": epoch,
+        "best_epoch": best_epoch,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "seed": config.seed,
+        "quick": config.quick,
+        "loss": {"preset": config.loss_preset, **{k: float(v) for k, v in loss.weights.items()}},
+        "model": config.model_params,
+    }
+    bundle = write_recon_bundle(
+        model.cpu(),
+        config,
+        geometry=(coils, height, width),
+        num_acs=num_acs,
+        example=example,
+        training=training,
+        validation=best_metrics,
+    )
+    return TrainResult(
+        bundle=bundle,
+        first_epoch=first_epoch,
+        epochs_completed=epoch,
+        global_step=step,
+        best_epoch=best_epoch,
+        best_ssim=best_ssim,
+        validation=best_metrics,
+        seconds=time.perf_counter() - started,
+    )
