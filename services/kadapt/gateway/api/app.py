@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from kadapt.gateway.api.limits import BodySizeLimit
 from kadapt.gateway.api.observability import RequestContext, configure_logging
+from kadapt.gateway.api.problems import install_problem_handlers
 from kadapt.gateway.api.routes import router
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import PlanMetrics, Planner
@@ -26,7 +27,6 @@ from kadapt.gateway.domain.store import MemorySessionStore, RedisSessionStore, S
 from kadapt.gateway.mrd_server import MrdServer
 from kadapt.gateway.settings import GatewaySettings
 from kadapt.jobs import BlobStore, JobQueue, MemoryJobQueue, RedisJobQueue
-from kadapt.service_kit import install_problem_handlers
 
 API_VERSION = "1.0.0"
 
@@ -98,7 +98,7 @@ def create_app(
     app.state.service = service
     app.state.mrd_server = mrd_server
     app.state.registry = registry
-    install_problem_handlers(app, service="gateway")
+    install_problem_handlers(app)
     app.include_router(router)
     app.add_middleware(RequestContext, registry=registry)
     # Added last = outermost: an oversize body is refused before anything else runs.

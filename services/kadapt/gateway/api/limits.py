@@ -10,14 +10,14 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kadapt.errors import InvalidInputError, KadaptError, PayloadTooLargeError
-from kadapt.service_kit import problem_response
+from kadapt.gateway.api.problems import problem_response
 
 
 async def send_problem(scope: Scope, receive: Receive, send: Send, error: KadaptError) -> None:
     """Send ``error`` as a complete problem+json response (closing the connection afterwards, as the
     rest of the body is never read)."""
     path = str(scope.get("path", ""))
-    response = problem_response(error.to_problem(instance=path), headers={"connection": "close"})
+    response = problem_response(error.to_problem(instance=path), {"connection": "close"})
     await response(scope, receive, send)
 
 

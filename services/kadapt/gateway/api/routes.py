@@ -1,7 +1,7 @@
 """REST routes of the gateway: thin handlers over :class:`~kadapt.gateway.domain.scans.ScanService`.
 
 Binary bodies are MRD stream messages (``application/vnd.ismrmrd.stream``) or ``.npy``; JSON only for
-metadata; every error is problem+json (``kadapt.service_kit.problems``). See ``docs/api.md``.
+metadata; every error is problem+json (``kadapt.problems``). See ``docs/api.md``.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from kadapt.gateway.domain.session import ScanSession
 from kadapt.gateway.mrd_server.feedback import encode_steps
 from kadapt.mrd.messages import Image, MetaValue
 from kadapt.mrd.stream import make_image_messages
+from kadapt.problems import INTERNAL_ERROR_SLUG
 from kadapt.schemas import PlanResponse, ScanPublic
-from kadapt.service_kit.problems import INTERNAL_ERROR_SLUG
 
 # Acquisition-header fields copied into the images of their slice (patient coordinates, mm).
 GEOMETRY_FIELDS = ("position", "read_dir", "phase_dir", "slice_dir", "patient_table_position")

@@ -22,13 +22,13 @@ from prometheus_client import CollectorRegistry, Histogram
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue, MemoryJobQueue
 from kadapt.jobs.redis_queue import RedisJobQueue
+from kadapt.recon.api.problems import install_problem_handlers
 from kadapt.recon.api.routes import ReconRuntime, router
 from kadapt.recon.domain.classic import ClassicParameters
 from kadapt.recon.domain.learned import load_learned
 from kadapt.recon.domain.methods import MethodRegistry, default_registry
 from kadapt.recon.domain.worker import ReconMetrics, ReconWorker
 from kadapt.recon.settings import ReconSettings
-from kadapt.service_kit import install_problem_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = state
-    install_problem_handlers(app, service="recon")
+    install_problem_handlers(app)
     app.include_router(router)
     return app
 

@@ -13,12 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from kadapt.errors import NotFoundError, ServiceUnavailableError
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue
+from kadapt.recon.api.problems import parse_body
 from kadapt.recon.domain.learned import BundleStatus, LearnedCatalogue
 from kadapt.recon.domain.methods import MethodRegistry
 from kadapt.recon.domain.worker import ReconWorker
 from kadapt.recon.settings import ReconSettings
 from kadapt.schemas.jobs import ReconJob, ReconResult, ReconStatus
-from kadapt.service_kit import parse_body
 
 
 @dataclass

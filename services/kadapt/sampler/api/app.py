@@ -17,10 +17,10 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kadapt.errors import KadaptError
+from kadapt.sampler.api.problems import install_problem_handlers
 from kadapt.sampler.api.routes import SamplerState, router
 from kadapt.sampler.domain.planner import Planner, PolicyRegistry
 from kadapt.sampler.settings import SamplerSettings
-from kadapt.service_kit import install_problem_handlers
 
 logger = logging.getLogger("kadapt.sampler")
 
@@ -131,7 +131,7 @@ def create_app(settings: SamplerSettings, *, registry: PolicyRegistry | None = N
         lifespan=lifespan,
     )
     app.state.sampler = state
-    install_problem_handlers(app, service="sampler")
+    install_problem_handlers(app)
     app.include_router(router)
     return app
 

@@ -1,7 +1,7 @@
 """Routes: ``POST /v1/plan``, ``GET /v1/policies``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 Thin: parse, call the planner, answer. Errors are raised as :mod:`kadapt.errors` classes and turned into
-problem+json by :mod:`kadapt.service_kit.problems`.
+problem+json by :mod:`kadapt.problems`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 
 from kadapt.errors import ServiceUnavailableError
+from kadapt.problems import PROBLEM_MEDIA_TYPE
+from kadapt.sampler.api.problems import problem_response
 from kadapt.sampler.domain.planner import Planner
 from kadapt.sampler.settings import SamplerSettings
 from kadapt.schemas import PlanRequest, PlanResponse
-from kadapt.service_kit import PROBLEM_MEDIA_TYPE, error_response
 
 router = APIRouter()
 
@@ -124,7 +125,7 @@ async def readyz(request: Request, state: Annotated[SamplerState, Depends(sample
     else:
         detail = f"{len(state.failures)} bundle(s) or policies failed: {sorted(state.failures)}"
     err = ServiceUnavailableError(detail, warm=state.warm, failures=state.failures)
-    return error_response(err, request.url.path)
+    return problem_response(err.to_problem(instance=request.url.path))
 
 
 @router.get("/metrics")

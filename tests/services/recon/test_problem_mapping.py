@@ -1,6 +1,7 @@
-"""The service kit's problem+json mapping on a tiny FastAPI app, through httpx.ASGITransport: kadapt
-errors, request validation (FastAPI's and hand-parsed bodies), framework HTTP errors, Redis outages and
-bugs, each with a stable ``type``."""
+"""The core's problem+json mapping (:mod:`kadapt.problems`) as a service registers it (the recon glue, the
+one with ``parse_body``) on a tiny FastAPI app, through httpx.ASGITransport: kadapt errors, request
+validation (FastAPI's and hand-parsed bodies), framework HTTP errors, Redis outages and bugs, each with a
+stable ``type``."""
 
 from __future__ import annotations
 
@@ -15,14 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from structlog.testing import capture_logs
 
 from kadapt.errors import PROBLEM_BASE, ServiceUnavailableError, UnknownScanError
-from kadapt.service_kit import (
-    PROBLEM_MEDIA_TYPE,
-    error_response,
-    install_problem_handlers,
-    json_safe_errors,
-    parse_body,
-    problem_response,
-)
+from kadapt.problems import PROBLEM_MEDIA_TYPE, json_safe_errors, problem_for
+from kadapt.recon.api.problems import install_problem_handlers, parse_body, problem_response
 
 PATIENT = "DOE^JANE"  # a submitted value that must never come back in a problem
 
@@ -57,7 +52,7 @@ async def strict_lines(request: Request) -> StrictLines:
 
 def build_app() -> FastAPI:
     app = FastAPI()
-    install_problem_handlers(app, service="kit-test")
+    install_problem_handlers(app)
 
     @app.get("/scans/{scan_id}")
     async def unknown_scan(scan_id: str) -> None:
@@ -192,7 +187,7 @@ async def test_a_bug_is_a_500_without_internals(client: httpx.AsyncClient) -> No
     with capture_logs() as logs:
         response = await client.get("/bug")
     problem = assert_problem(response, 500, "internal-error", "/bug")
-    assert problem["detail"] == "GET /bug failed; see the kit-test log"
+    assert problem["detail"] == "GET /bug failed; see the recon log"
     assert "secret" not in response.text
     assert PATIENT not in response.text
     assert [(log["event"], log["log_level"], log["path"]) for log in logs] == [
@@ -202,10 +197,12 @@ async def test_a_bug_is_a_500_without_internals(client: httpx.AsyncClient) -> No
 
 
 def test_response_helpers() -> None:
-    response = error_response(UnknownScanError("no scan 'x'"), "/scans/x")
+    response = problem_response(
+        problem_for(UnknownScanError("no scan 'x'"), service="t", method="GET", instance="/scans/x")
+    )
     assert response.status_code == 404
     assert response.media_type == PROBLEM_MEDIA_TYPE
-    custom = problem_response({"type": PROBLEM_BASE + "x", "status": 413}, headers={"connection": "close"})
+    custom = problem_response({"type": PROBLEM_BASE + "x", "status": 413}, {"connection": "close"})
     assert custom.status_code == 413
     assert custom.headers["connection"] == "close"
 

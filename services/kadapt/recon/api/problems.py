@@ -1,0 +1,66 @@
+"""FastAPI glue for the core's problem+json mapping (:mod:`kadapt.problems`): one handler registered for
+the kadapt error tree, request validation, framework HTTP errors, Redis outages and bugs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+import pydantic
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from kadapt.errors import KadaptError
+from kadapt.problems import (
+    BODYLESS_STATUSES,
+    PROBLEM_MEDIA_TYPE,
+    http_problem,
+    problem_for,
+    validation_problem,
+)
+
+SERVICE = "recon"
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
+
+
+async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
+    """The request body validated as ``model`` in pydantic's JSON mode (strict wire types reject JSON
+    arrays for tuple fields in FastAPI's Python-mode validation); a bad body is a 422 ``invalid-input``."""
+    try:
+        return model.model_validate_json(await request.body())
+    except pydantic.ValidationError as err:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in err.errors(include_url=False)]
+        raise RequestValidationError(errors) from err
+
+
+def problem_response(problem: dict[str, object], headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """``problem`` as an ``application/problem+json`` response with its status."""
+    status = problem["status"]
+    return JSONResponse(
+        problem,
+        status_code=status if isinstance(status, int) else 500,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    path = request.url.path
+    if isinstance(exc, RequestValidationError):
+        return problem_response(validation_problem(exc.errors(), path))
+    if isinstance(exc, StarletteHTTPException):
+        if exc.status_code in BODYLESS_STATUSES:
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return problem_response(http_problem(exc.status_code, request.method, path, exc.detail), exc.headers)
+    # Starlette's ServerErrorMiddleware re-raises a bug after this handler answers, for the server's log.
+    return problem_response(problem_for(exc, service=SERVICE, method=request.method, instance=path))
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Register :func:`handle_error` on ``app`` for every error kind the mapping covers."""
+    for kind in (KadaptError, RequestValidationError, StarletteHTTPException, RedisError, Exception):
+        app.add_exception_handler(kind, handle_error)
