@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from kadapt.errors import InvalidInputError
-from kadapt.kspace.torch_fft import fft2c_real, ifft2c_real
+from kadapt.kspace.torch_fft import centered_dft_matrix, fft2c_real, ifft2c_real
 
 __all__ = [
     "complex_abs",
@@ -31,6 +31,7 @@ __all__ = [
     "complex_conj",
     "complex_mul",
     "conjugate_gradient",
+    "ky_projection",
     "sense_adjoint",
     "sense_expand",
     "sense_forward",
@@ -154,8 +155,52 @@ def sense_adjoint(kspace: Tensor, sens: Tensor, mask: Tensor) -> Tensor:
 
 def sense_normal(image: Tensor, sens: Tensor, mask: Tensor) -> Tensor:
     """Normal operator ``A^H A x``: image ``(B, H, W, 2)``, sens ``(B, C, H, W, 2)``, mask as in
-    :func:`sense_forward` -> image ``(B, H, W, 2)``. Self-adjoint and positive semi-definite."""
+    :func:`sense_forward` -> image ``(B, H, W, 2)``. Self-adjoint and positive semi-definite.
+
+    A line mask ``(B or 1, 1, 1, W, 1)`` takes the fast path: with ``F = F_kx F_ky`` and ``M`` acting on ky
+    only, ``F^H M F = F_ky^H M F_ky`` (the readout transforms cancel), so only 1D transforms along W run.
+    """
+    if mask.ndim == 5 and mask.shape[-3] == 1:
+        coil_images = sense_expand(image, sens)
+        _require_mask(mask, coil_images.shape)
+        return sense_reduce(ky_projection(coil_images, mask), sens)
     return sense_adjoint(sense_forward(image, sens, mask), sens, mask)
+
+
+def ky_projection(coil_images: Tensor, mask: Tensor) -> Tensor:
+    """``F_ky^H M F_ky`` along W: coil images ``(B, C, H, W, 2)``, line mask ``(B or 1, 1, 1, W, 1)`` ->
+    ``(B, C, H, W, 2)``; equal to ``F^H M F`` for a line mask (centered orthonormal 1D transforms).
+
+    Under ONNX export it is one GEMM with the per-item matrix ``G = D^H diag(m) D`` (``D`` the centered
+    DFT matrix along W; ONNX Runtime's DFT kernel is slow, see :mod:`kadapt.kspace.torch_fft`).
+    """
+    if torch.onnx.is_in_onnx_export():
+        return _ky_projection_matmul(coil_images, mask)
+    as_complex = torch.view_as_complex(coil_images.contiguous())
+    kspace = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(as_complex, dim=-1), norm="ortho"), dim=-1)
+    masked = kspace * mask[..., 0]
+    back = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(masked, dim=-1), norm="ortho"), dim=-1)
+    return torch.view_as_real(back)
+
+
+def _ky_projection_matmul(coil_images: Tensor, mask: Tensor) -> Tensor:
+    width = coil_images.shape[-2]
+    dft = centered_dft_matrix(width)
+    d_re = torch.as_tensor(dft.real, dtype=coil_images.dtype, device=coil_images.device)
+    d_im = torch.as_tensor(dft.imag, dtype=coil_images.dtype, device=coil_images.device)
+    weights = mask.reshape(mask.shape[0], width, 1)  # m_n scales row n of D
+    masked_re, masked_im = weights * d_re, weights * d_im  # (B or 1, W, W)
+    # G = D^H diag(m) D = (Re D^T - i Im D^T) diag(m) (Re D + i Im D)
+    g_re = d_re.T @ masked_re + d_im.T @ masked_im
+    g_im = d_re.T @ masked_im - d_im.T @ masked_re
+    # Row vectors times G^T as one real GEMM: [a | b] @ [[Re G^T, Im G^T], [-Im G^T, Re G^T]].
+    g_re_t, g_im_t = g_re.transpose(-2, -1), g_im.transpose(-2, -1)
+    block = torch.cat(
+        (torch.cat((g_re_t, g_im_t), dim=-1), torch.cat((-g_im_t, g_re_t), dim=-1)), dim=-2
+    ).unsqueeze(1)  # (B or 1, 1, 2W, 2W)
+    stacked = torch.cat((coil_images[..., 0], coil_images[..., 1]), dim=-1)  # (B, C, H, 2W)
+    product = torch.matmul(stacked, block)
+    return torch.stack((product[..., :width], product[..., width:]), dim=-1)
 
 
 def _batch_dot(a: Tensor, b: Tensor) -> Tensor:

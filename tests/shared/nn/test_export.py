@@ -76,7 +76,7 @@ def test_modl_onnx_parity_and_report(modl_onnx: tuple[ExportReport, MoDL, tuple[
     assert model.training, "export restores the model's training mode"
 
 
-def test_modl_onnx_graph_has_dft_nodes_and_the_opset(
+def test_modl_onnx_graph_computes_dfts_as_matmuls_at_the_opset(
     modl_onnx: tuple[ExportReport, MoDL, tuple[torch.Tensor, ...]],
 ) -> None:
     report, _, _ = modl_onnx
@@ -84,7 +84,9 @@ def test_modl_onnx_graph_has_dft_nodes_and_the_opset(
     assert {op.version for op in graph.opset_import if op.domain in ("", "ai.onnx")} == {18}
     op_types = {node.op_type for node in graph.graph.node}
     functions = {node.op_type for function in graph.functions for node in function.node}
-    assert "DFT" in op_types | functions
+    # ORT's DFT kernel is slow on CPU: the export emits the centered DFTs as GEMMs (kadapt.kspace.torch_fft)
+    assert "DFT" not in op_types | functions
+    assert "MatMul" in op_types | functions
     assert [i.name for i in graph.graph.input] == list(MODL_NAMES[0])
 
 

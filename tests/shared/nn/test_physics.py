@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from kadapt.errors import InvalidInputError
-from kadapt.kspace.torch_fft import fft2c
+from kadapt.kspace.torch_fft import fft2c, fft2c_real, ifft2c_real
 from kadapt.nn.physics import (
     complex_abs,
     complex_abs_sq,
     complex_conj,
     complex_mul,
     conjugate_gradient,
+    ky_projection,
     sense_adjoint,
     sense_expand,
     sense_forward,
@@ -161,3 +162,31 @@ def test_shape_errors_name_the_bad_shape() -> None:
         sense_forward(image, sens, torch.ones(B, 1, 1, W + 1, 1, dtype=torch.float64))
     with pytest.raises(InvalidInputError, match="iterations"):
         conjugate_gradient(lambda x: x, image, image, iterations=-1)
+
+
+def test_line_mask_normal_operator_uses_ky_only_and_equals_the_2d_composition() -> None:
+    generator = torch.Generator().manual_seed(7)
+    image, sens, mask = (
+        _random((B, H, W, 2), generator),
+        _random((B, C, H, W, 2), generator),
+        _line_mask(generator),
+    )
+    composed = sense_adjoint(sense_forward(image, sens, mask), sens, mask)
+    torch.testing.assert_close(sense_normal(image, sens, mask), composed, rtol=0, atol=1e-12)
+    coil_images = sense_expand(image, sens)
+    torch.testing.assert_close(
+        ky_projection(coil_images, mask), ifft2c_real(mask * fft2c_real(coil_images)), rtol=0, atol=1e-12
+    )
+
+
+def test_ky_projection_and_dfts_trace_to_matmuls_with_the_same_values_under_onnx_export(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    generator = torch.Generator().manual_seed(8)
+    coil_images, mask = _random((B, C, H, W, 2), generator), _line_mask(generator)
+    eager_projection = ky_projection(coil_images, mask)
+    eager_fft, eager_ifft = fft2c_real(coil_images), ifft2c_real(coil_images)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    torch.testing.assert_close(ky_projection(coil_images, mask), eager_projection, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fft2c_real(coil_images), eager_fft, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ifft2c_real(coil_images), eager_ifft, rtol=0, atol=1e-12)
