@@ -32,6 +32,8 @@ Domain code never raises ``HTTPException`` and never uses ``assert`` for runtime
     ├── DeadlineExceededError             504  deadline-exceeded
     ├── PlanContractError                 500  plan-contract-violated (a policy's plan broke the contract)
     ├── ServiceUnavailableError           503  service-unavailable
+    │   └── DependencyUnavailableError    503  dependency-unavailable (an external tool, e.g. bart, missing)
+    ├── ExternalToolError                 500  external-tool-failed  (an external tool exited non-zero)
     └── JobFailedError                    500  job-failed
 """
 
@@ -166,6 +168,14 @@ class PlanContractError(KadaptError):
 
 class ServiceUnavailableError(KadaptError):
     slug, status, title = "service-unavailable", 503, "Service unavailable"
+
+
+class DependencyUnavailableError(ServiceUnavailableError):
+    slug, status, title = "dependency-unavailable", 503, "External dependency unavailable"
+
+
+class ExternalToolError(KadaptError):
+    slug, status, title = "external-tool-failed", 500, "External tool failed"
 
 
 class JobFailedError(KadaptError):

@@ -267,6 +267,64 @@ def bench_ingest(
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 
+@bench_app.command("recon", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench_recon_command(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="dataset (kadapt data build); its test split is scored")],
+    out: Annotated[Path, typer.Option(help="JSON result file")],
+    bundles: Annotated[
+        list[Path] | None, typer.Option(help="learned bundles REPOSITORY/NAME/VERSION, e.g. --bundles a b")
+    ] = None,
+    accelerations: Annotated[
+        list[float] | None, typer.Option("--R", help="accelerations, e.g. --R 4 8 (default 4 8; quick 4)")
+    ] = None,
+    masks: Annotated[str, typer.Option(help="comma-separated 1D mask families")] = "equispaced,vd-random",
+    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 16, the trainer's)")] = None,
+    quick: Annotated[bool, typer.Option(help="CI-sized: 1 volume, 2 slices, R 4, 2 BART lamdas")] = False,
+    threads: Annotated[int | None, typer.Option(help="threads for every method (default: all cores)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the masks")] = 0,
+) -> None:
+    """Zero-filled, SENSE, CG-SENSE, L1-wavelet, BART pics and learned bundles on the held-out test split."""
+    from rich.console import Console as RichConsole
+
+    from kadapt.trainer.bench_recon import BenchSettings, run_recon_benchmark
+    from kadapt.trainer.bench_report import result_table
+
+    # `--R 4 8 --bundles a b`: click leaves the values after the first of each as extra arguments;
+    # numbers are accelerations, anything else a bundle.
+    extra_rates: list[float] = []
+    extra_bundles: list[Path] = []
+    for value in ctx.args:
+        try:
+            extra_rates.append(float(value))
+        except ValueError:
+            extra_bundles.append(Path(value))
+    if (extra_rates and not accelerations) or (extra_bundles and not bundles):
+        raise _fail(ValueError(f"unexpected arguments {ctx.args}: only --R and --bundles take more values"))
+    settings = BenchSettings(
+        data=data,
+        bundles=tuple(bundles or ()) + tuple(extra_bundles),
+        accelerations=tuple(accelerations or ()) + tuple(extra_rates) or None,
+        masks=tuple(name.strip() for name in masks.split(",") if name.strip()),
+        num_acs=num_acs,
+        quick=quick,
+        threads=threads,
+        seed=seed,
+    )
+    try:
+        with _progress() as progress:
+            task = progress.add_task("bench recon", total=None)
+            result = run_recon_benchmark(
+                settings, progress=lambda what: progress.update(task, advance=1, description=what)
+            )
+    except KadaptError as error:
+        raise _fail(error) from error
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    RichConsole(width=160).print(result_table(result))
+    console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
+
+
 @train_app.command("recon", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train_recon_command(
     ctx: typer.Context,
@@ -276,20 +334,26 @@ def train_recon_command(
     accelerations: Annotated[list[float], typer.Option("--R", help="accelerations, e.g. --R 4 8")],
     masks: Annotated[str, typer.Option(help="comma-separated 1D mask families")] = "vd-random,equispaced",
     quick: Annotated[bool, typer.Option(help="a few steps with tiny models (tests)")] = False,
-    config: Annotated[Path | None, typer.Option(help="YAML config (default: the model's own)")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML or TOML config (default: the model's own YAML)")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="override the config's epochs")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="override steps per epoch")] = None,
     batch_size: Annotated[int | None, typer.Option(help="override the batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="override the learning rate")] = None,
-    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 8)")] = None,
+    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 16)")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     runs: Annotated[
         Path | None, typer.Option(help="checkpoints + TensorBoard (default runs/NAME/VERSION)")
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue from RUNS/last.pt")] = False,
     seed: Annotated[int, typer.Option(help="seed of masks, batches and initialisation")] = 0,
+    smp: Annotated[bool, typer.Option(help="refine the ACS maps with the SMP inside the model")] = False,
 ) -> None:
-    """Train a reconstruction model on the train split, validate on val, export the best as a bundle."""
+    """Train a reconstruction model on the train split, validate on val, export the best as a bundle.
+
+    Several processes / GPUs: torchrun --standalone --nproc_per_node N -m kadapt.cli.main train recon ...
+    """
     from kadapt.trainer.config import make_config
     from kadapt.trainer.loop import train_recon
 
@@ -318,10 +382,13 @@ def train_recon_command(
             device=device,
             resume=resume,
             seed=seed,
+            smp=smp,
         )
         result = train_recon(settings, console=console)
     except KadaptError as error:
         raise _fail(error) from error
+    if result.rank != 0:  # under torchrun rank 0 reports
+        return
     console.print(
         f"wrote {result.bundle.path} (epochs {result.first_epoch}..{result.epochs_completed}, best epoch "
         f"{result.best_epoch}, mean val SSIM {result.best_ssim:.4f}) in {result.seconds:.1f} s"

@@ -17,16 +17,19 @@ from pydantic import JsonValue
 from torch import nn
 
 from kadapt.bundles import Bundle, BundleGeometry, Manifest, utc_now, write_bundle
+from kadapt.bundles.onnx_recon import INPUT_NAMES, MODEL_FILE, OUTPUT_NAME
 from kadapt.data.build import code_version
 from kadapt.nn.export import export_onnx, export_torchscript
 from kadapt.trainer.config import TrainConfig
 from kadapt.trainer.data import Batch
 
-INPUT_NAMES = ("masked_kspace", "mask", "sens")
-OUTPUT_NAMES = ("image",)
+__all__ = ["INPUT_NAMES", "NORMALISATION", "ONNX_FILE", "OUTPUT_NAMES", "write_recon_bundle"]
+
+# The I/O names and file come from the one runtime contract (kadapt.bundles.onnx_recon) the services run.
+OUTPUT_NAMES = (OUTPUT_NAME,)
 NORMALISATION = "acs-p99.5"
 PARITY_TOLERANCE = 1e-4
-ONNX_FILE = "model.onnx"
+ONNX_FILE = MODEL_FILE
 TORCHSCRIPT_FILE = "model.pt"
 
 

@@ -1,34 +1,50 @@
-"""Training configuration: a YAML file beside each model kind, overridden by command-line flags.
+"""Training configuration: a YAML file beside each model kind (or any YAML / TOML file), overridden by flags.
 
 ``configs/<kind>.yaml`` holds ``model`` (keyword arguments of the model class), ``quick_model`` (merged
-over ``model`` by ``--quick``), ``optimiser`` (Adam ``lr``, ``weight_decay``), ``loss`` (a
-:class:`kadapt.nn.losses.DualDomainLoss` ``preset`` plus ``weights`` overrides) and ``training``
-(``epochs``, ``steps_per_epoch``, ``batch_size``, optional ``num_acs``, ``val_slices``). Flags given on the
-command line win over the file; ``--quick`` wins over the file's training section.
+over ``model`` by ``--quick``), ``smp`` (keyword arguments of
+:class:`kadapt.nn.smp.SensitivityMapPredictor`, used with ``--smp``) and ``quick_smp`` (merged over
+``smp`` by ``--quick``), ``optimiser`` (Adam ``lr``, ``weight_decay``, ``schedule`` ``constant`` |
+``cosine``), ``loss`` (a :class:`kadapt.nn.losses.DualDomainLoss` ``preset`` plus ``weights``
+overrides) and ``training`` (``epochs``, ``steps_per_epoch``, ``batch_size``, optional ``num_acs``,
+``val_slices``). ``--config FILE`` reads ``.yaml`` / ``.yml`` (PyYAML) or ``.toml`` (``tomllib``) with
+the same schema (TOML tables ``[model]``, ``[loss.weights]``, ...). Flags given on the command line win
+over the file; ``--quick`` wins over the file's training section.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 from kadapt.bundles.manifest import BUNDLE_NAME_PATTERN, BUNDLE_VERSION_PATTERN
 from kadapt.errors import InvalidAccelerationError, InvalidInputError, NotFoundError
 from kadapt.masks import get_family
 from kadapt.nn.losses import DualDomainLoss
 from kadapt.nn.modl import MoDL
+from kadapt.nn.smp import SensitivityMapPredictor
 from kadapt.nn.unet import UNetRecon
 from kadapt.nn.vsharp import VSharp2D
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (pyproject's tomli marker)
+    import tomli as tomllib
 
 ModelKind = Literal["unet", "modl", "vsharp"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 CONFIG_DIR = Path(__file__).parent / "configs"
+#: Config file formats by suffix; anything else is refused (InvalidInputError naming the suffix).
+CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 LOSS_PRESETS = ("seed004", "seed001")
+LR_SCHEDULES = ("constant", "cosine")
+LrSchedule = Literal["constant", "cosine"]
 LOSS_WEIGHT_NAMES = ("ssim_weight", "l1_weight", "hfen_weight", "nrmse_weight", "kspace_weight")
 #: ``--quick``: a handful of steps and a few validation slices (used by the tests).
 QUICK_TRAINING: dict[str, int] = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 1, "val_slices": 2}
@@ -40,7 +56,9 @@ class TrainConfig:
     """Everything one ``kadapt train recon`` run needs, validated.
 
     ``out`` is ``REPOSITORY/NAME/VERSION`` of the bundle to write; ``runs`` holds checkpoints and
-    TensorBoard logs; ``num_acs`` ``None`` means ``W // 16`` of the data (8 at W = 128).
+    TensorBoard logs; ``num_acs`` ``None`` means ``W // 16`` of the data (8 at W = 128). ``smp`` wraps the
+    model in :class:`SensitivityRefinedRecon` built from ``smp_params`` (the config's ``smp`` section,
+    ``quick_smp`` merged over it by ``--quick``; empty when ``smp`` is off).
     """
 
     model: ModelKind
@@ -52,6 +70,7 @@ class TrainConfig:
     model_params: dict[str, Any]
     lr: float
     weight_decay: float
+    lr_schedule: LrSchedule
     loss_preset: str
     loss_weights: dict[str, float]
     epochs: int
@@ -64,6 +83,8 @@ class TrainConfig:
     resume: bool = False
     quick: bool = False
     config_file: Path = field(default=CONFIG_DIR / "unet.yaml")
+    smp: bool = False
+    smp_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def repository(self) -> Path:
@@ -79,13 +100,31 @@ class TrainConfig:
         return self.out.name
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_config_document(path: Path) -> dict[str, Any]:
+    """The mapping in a ``.yaml`` / ``.yml`` (PyYAML ``safe_load``) or ``.toml`` (``tomllib``) config file.
+
+    Raises :class:`NotFoundError` (no such file) and :class:`InvalidInputError` (another suffix, a parse
+    error, or a document that is not a mapping), each naming the file.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in CONFIG_SUFFIXES:
+        raise InvalidInputError(
+            f"config {path}: unknown extension {path.suffix!r}; use one of {list(CONFIG_SUFFIXES)}"
+        )
     if not path.is_file():
         raise NotFoundError(f"no trainer config file at {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise InvalidInputError(f"config {path} is not valid YAML: {error}") from error
+    text = path.read_text(encoding="utf-8")
+    loaded: object
+    if suffix == ".toml":
+        try:
+            loaded = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise InvalidInputError(f"config {path} is not valid TOML: {error}") from error
+    else:
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise InvalidInputError(f"config {path} is not valid YAML: {error}") from error
     if not isinstance(loaded, dict):
         raise InvalidInputError(f"config {path} must be a mapping, got {type(loaded).__name__}")
     return cast(dict[str, Any], loaded)
@@ -142,8 +181,9 @@ def make_config(
     device: str = "cpu",
     resume: bool = False,
     seed: int = 0,
+    smp: bool = False,
 ) -> TrainConfig:
-    """Validate the inputs, read the YAML config (default ``configs/<model>.yaml``) and apply overrides.
+    """Validate the inputs, read the YAML / TOML config (default ``configs/<model>.yaml``), apply overrides.
 
     Raises :class:`InvalidInputError` (unknown model, bad sizes, bad ``out``, 2D mask family),
     :class:`InvalidAccelerationError` (an R <= 1), :class:`NotFoundError` (missing data dir or config).
@@ -166,10 +206,15 @@ def make_config(
     if seed < 0:
         raise InvalidInputError(f"seed must be >= 0, got {seed}")
     path = Path(config_file) if config_file is not None else CONFIG_DIR / f"{model}.yaml"
-    document = _read_yaml(path)
+    document = read_config_document(path)
     params = dict(_section(document, "model", path))
     if quick:
         params.update(_section(document, "quick_model", path))
+    smp_params: dict[str, Any] = {}
+    if smp:
+        smp_params = dict(_section(document, "smp", path))
+        if quick:
+            smp_params.update(_section(document, "quick_smp", path))
     optimiser = _section(document, "optimiser", path)
     loss = _section(document, "loss", path)
     training = dict(_section(document, "training", path))
@@ -196,6 +241,7 @@ def make_config(
         model_params=params,
         lr=float(lr if lr is not None else optimiser.get("lr", 1e-3)),
         weight_decay=float(optimiser.get("weight_decay", 0.0)),
+        lr_schedule=_schedule(path, optimiser.get("schedule", "constant")),
         loss_preset=preset,
         loss_weights=weights,
         epochs=int(training.get("epochs", 1)),
@@ -208,6 +254,8 @@ def make_config(
         resume=resume,
         quick=quick,
         config_file=path,
+        smp=smp,
+        smp_params=smp_params,
     )
     for name in ("epochs", "steps_per_epoch", "batch_size", "lr"):
         _positive(name, getattr(config, name))
@@ -215,20 +263,52 @@ def make_config(
         _positive("num_acs", config.num_acs)
     if config.val_slices is not None:
         _positive("val_slices", config.val_slices)
-    build_model(config.model, config.model_params)  # fail now, not after loading the data
+    # Fail now, not after loading the data.
+    build_model(config.model, config.model_params, config.smp_params if config.smp else None)
     return config
 
 
-def build_model(kind: ModelKind, params: dict[str, Any]) -> nn.Module:
-    """The reconstruction model of ``kind`` built from the config's keyword ``params``.
+class SensitivityRefinedRecon(nn.Module):
+    """``--smp``: the SMP (seed 004 section 2.2) refines the ``sens`` input and the wrapped reconstruction
+    runs on the refined maps; both are trained end to end with the reconstruction's loss.
 
-    Every kind follows :class:`kadapt.nn.modl.ReconModel`: ``(B, C, H, W, 2), (B, 1, 1, W, 1),
+    Same calling convention as the wrapped :class:`kadapt.nn.modl.ReconModel`: ``masked_kspace
+    (B, C, H, W, 2)``, ``mask (B, 1, 1, W, 1)``, ``sens (B, C, H, W, 2)`` -> image ``(B, H, W, 2)``, so the
+    exported graph keeps the bundle's inputs (ACS maps in) and output and the recon service serves it
+    unchanged. The SMP folds coils into the batch, so it adds no coil-count constraint.
+    """
+
+    def __init__(self, recon: nn.Module, smp: SensitivityMapPredictor) -> None:
+        super().__init__()
+        self.recon = recon
+        self.smp = smp
+
+    def forward(self, masked_kspace: Tensor, mask: Tensor, sens: Tensor) -> Tensor:
+        """``(B, C, H, W, 2), (B, 1, 1, W, 1), (B, C, H, W, 2) -> (B, H, W, 2)``."""
+        image: Tensor = self.recon(masked_kspace, mask, self.smp(sens))
+        return image
+
+
+def build_model(
+    kind: ModelKind, params: dict[str, Any], smp_params: dict[str, Any] | None = None
+) -> nn.Module:
+    """The reconstruction model of ``kind`` built from the config's keyword ``params``; with ``smp_params``
+    (``{}`` = the SMP's defaults) wrapped in :class:`SensitivityRefinedRecon`.
+
+    Every result follows :class:`kadapt.nn.modl.ReconModel`: ``(B, C, H, W, 2), (B, 1, 1, W, 1),
     (B, C, H, W, 2) -> (B, H, W, 2)``.
     """
     try:
-        return _MODEL_CLASSES[kind](**params)
+        recon = _MODEL_CLASSES[kind](**params)
     except TypeError as error:
         raise InvalidInputError(f"model {kind!r}: bad hyper-parameters {params}: {error}") from error
+    if smp_params is None:
+        return recon
+    try:
+        smp = SensitivityMapPredictor(**smp_params)
+    except TypeError as error:
+        raise InvalidInputError(f"smp: bad hyper-parameters {smp_params}: {error}") from error
+    return SensitivityRefinedRecon(recon, smp)
 
 
 def build_loss(preset: str, weights: dict[str, float]) -> DualDomainLoss:
@@ -238,3 +318,23 @@ def build_loss(preset: str, weights: dict[str, float]) -> DualDomainLoss:
     merged["kspace_weight"] = merged.pop("kspace_nmae_weight")
     merged.update(weights)
     return DualDomainLoss(**merged)
+
+
+def _schedule(path: Path, value: object) -> LrSchedule:
+    if value not in LR_SCHEDULES:
+        raise InvalidInputError(
+            f"config {path}: unknown optimiser.schedule {value!r}; choose {list(LR_SCHEDULES)}"
+        )
+    return cast(LrSchedule, value)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based): constant, or cosine-annealed from ``lr``
+    to ``lr / 100`` over ``epochs * steps_per_epoch`` steps. A pure function of the step, so a resumed
+    run continues on the same curve."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    total = max(1, config.epochs * config.steps_per_epoch)
+    floor = config.lr / 100.0
+    progress = min(1.0, step / total)
+    return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * progress))

@@ -4,12 +4,14 @@
 directory (``config.runs``) holds ``last.pt`` (model, optimiser, epoch, step, best metric, mask-generator
 state: what ``--resume`` continues from), ``best.pt`` (the weights with the best mean validation SSIM)
 and ``tensorboard/`` (SummaryWriter scalars).
+
+Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel, every rank draws its
+own batches and masks, and rank 0 alone validates and writes; see :mod:`kadapt.trainer.distributed`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,13 @@ from kadapt.errors import InvalidInputError, InvalidStateError
 from kadapt.metrics import evaluate_volume
 from kadapt.nn.losses import DualDomainLoss, complex_magnitude
 from kadapt.trainer.bundle import write_recon_bundle
-from kadapt.trainer.config import TrainConfig, build_loss, build_model
+from kadapt.trainer.config import (
+    SensitivityRefinedRecon,
+    TrainConfig,
+    build_loss,
+    build_model,
+    learning_rate,
+)
 from kadapt.trainer.data import (
     Batch,
     MaskSampler,
@@ -37,6 +45,19 @@ from kadapt.trainer.data import (
     default_num_acs,
     make_batch,
     validation_masks,
+)
+from kadapt.trainer.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_from_main,
+    context_from_environment,
+    gather_objects,
+    rank_generator,
+    restore_rank_generator,
+    start_distributed,
+    stop_distributed,
+    torch_threads,
+    wrap_model,
 )
 
 LAST_CHECKPOINT = "last.pt"
@@ -48,7 +69,8 @@ VALIDATION_METRICS = ("psnr", "ssim", "nmse")
 class TrainResult:
     """What a run did: the written bundle, the epochs run by *this* invocation (``first_epoch`` ..
     ``epochs_completed``, 1-based; ``first_epoch > epochs_completed`` when a resume had nothing left),
-    optimiser steps in total, the best epoch and its validation metrics, wall seconds."""
+    optimiser steps in total, the best epoch and its validation metrics, wall seconds, and the torchrun
+    rank that returned it (every rank returns rank 0's bundle and metrics)."""
 
     bundle: Bundle
     first_epoch: int
@@ -58,6 +80,7 @@ class TrainResult:
     best_ssim: float
     validation: dict[str, dict[str, float]]
     seconds: float
+    rank: int = 0
 
 
 def validation_key(family: str, acceleration: float) -> str:
@@ -102,32 +125,46 @@ def mean_ssim(metrics: dict[str, dict[str, float]]) -> float:
     return float(np.mean([entry["ssim"] for entry in metrics.values()]))
 
 
+class TrainingForward(nn.Module):
+    """The forward pass of one training step, and the module DDP wraps (DDP syncs gradients only through
+    its wrapped ``forward``, so the deep-supervision path must be that forward).
+
+    ``(masked_kspace (B, C, H, W, 2), mask (B, 1, 1, W, 1), sens (B, C, H, W, 2)) -> (images, maps)``:
+    ``images`` the supervised outputs, each ``(B, H, W, 2)`` (vSHARP: every ADMM step, seed 004 eq. 5;
+    the others: the final image), ``maps (B, C, H, W, 2)`` the coil maps the reconstruction used — the
+    SMP-refined ones with ``--smp`` — which the k-space term projects with (seed 004 fig. 2: ``y_hat``
+    comes from the SMP's maps).
+    """
+
+    def __init__(self, model: nn.Module, deep_supervision: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.deep_supervision = deep_supervision
+
+    def forward(
+        self, masked_kspace: torch.Tensor, mask: torch.Tensor, sens: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        recon: nn.Module = self.model
+        maps = sens
+        if isinstance(self.model, SensitivityRefinedRecon):
+            recon = self.model.recon
+            maps = self.model.smp(sens)
+        if self.deep_supervision:
+            images: list[torch.Tensor] = recon.unroll_outputs(masked_kspace, mask, maps)  # type: ignore[operator]
+        else:
+            images = [recon(masked_kspace, mask, maps)]
+        return images, maps
+
+
 def training_loss(
-    model: nn.Module, loss: DualDomainLoss, batch: Batch, kind: str
+    step_module: nn.Module, loss: DualDomainLoss, batch: Batch
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The dual-domain loss of one batch; vSHARP is supervised on every ADMM step (seed 004 eq. 5)."""
-    images: torch.Tensor | list[torch.Tensor]
-    step_weights: list[float] | None = None
-    if kind == "vsharp":
-        images = model.unroll_outputs(batch.masked_kspace, batch.mask, batch.sens)  # type: ignore[operator]
-        step_weights = model.step_weights()  # type: ignore[operator]
-    else:
-        images = model(batch.masked_kspace, batch.mask, batch.sens)
-    terms = loss.terms(
-        images,
-        batch.target,
-        kspace=batch.masked_kspace,
-        sens=batch.sens,
-        mask=batch.mask,
-        step_weights=step_weights,
-    )
+    """The dual-domain loss of one batch through ``step_module`` (a :class:`TrainingForward`, maybe in
+    DDP). Several outputs get seed 004 eq. 5's weights ``10^((j - T) / (T - 1))``
+    (:func:`kadapt.nn.losses.unrolled_step_weights`, what ``VSharp2D.step_weights`` returns)."""
+    images, maps = step_module(batch.masked_kspace, batch.mask, batch.sens)
+    terms = loss.terms(images, batch.target, kspace=batch.masked_kspace, sens=maps, mask=batch.mask)
     return terms["total"], terms
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -150,22 +187,51 @@ def _progress(console: Console, enabled: bool) -> Progress:
 
 
 def train_recon(
-    config: TrainConfig, *, show_progress: bool = True, console: Console | None = None
+    config: TrainConfig,
+    *,
+    show_progress: bool = True,
+    console: Console | None = None,
+    context: DistributedContext | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on the train split, validate each epoch, export the best as a bundle.
+
+    ``context`` defaults to what torchrun put in the environment (:func:`context_from_environment`): with
+    several ranks the process group is joined here (and destroyed at the end if this call created it),
+    and every rank returns the same :class:`TrainResult` (rank 0 wrote the bundle).
 
     Raises :class:`InvalidStateError` if the bundle version exists already, if ``config.runs`` holds a
     checkpoint and ``resume`` is off, or if ``resume`` is on and there is none.
     """
     started = time.perf_counter()
     console = console or Console(stderr=True)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    device = _device(config.device)
+    context = context or context_from_environment()
+    torch.set_num_threads(torch_threads(context))
     if config.out.exists():
         raise InvalidStateError(f"bundle {config.out} exists already; versions are immutable")
-    last_path, best_path = config.runs / LAST_CHECKPOINT, config.runs / BEST_CHECKPOINT
+    last_path = config.runs / LAST_CHECKPOINT
     if last_path.exists() and not config.resume:
         raise InvalidStateError(f"{last_path} exists: pass --resume to continue it, or another --runs")
+    # Every rank passes the checks above before the group forms, so rank 0's writes cannot trip them.
+    device, owns_group = start_distributed(context, config.device)
+    try:
+        result = _train(config, context, device, console, show_progress and context.is_main, started)
+    except BaseException:
+        stop_distributed(owns_group, failed=True)
+        raise
+    barrier(context, device)  # no rank tears the group down while another still talks to it
+    stop_distributed(owns_group)
+    return result
+
+
+def _train(
+    config: TrainConfig,
+    context: DistributedContext,
+    device: torch.device,
+    console: Console,
+    show_progress: bool,
+    started: float,
+) -> TrainResult:
+    last_path, best_path = config.runs / LAST_CHECKPOINT, config.runs / BEST_CHECKPOINT
     manifest = load_manifest(config.data)
     train_records = manifest.volumes_in("train")
     if not train_records:
@@ -179,12 +245,14 @@ def train_recon(
     coils, height, width = train_set.geometry
 
     # Parameter initialisation draws from torch's default generator: fork it so the seed stays local.
+    # The same seed on every rank gives identical parameters (DDP broadcasts rank 0's anyway).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model(config.model, config.model_params).to(device)
+        model = build_model(config.model, config.model_params, config.smp_params if config.smp else None)
+        model = model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss = build_loss(config.loss_preset, config.loss_weights)
-    rng = np.random.default_rng(config.seed)
+    rng = rank_generator(config.seed, context.rank)
     epoch, step, best_ssim, best_epoch = 0, 0, -math.inf, 0
     best_metrics: dict[str, dict[str, float]] = {}
     if config.resume:
@@ -193,17 +261,25 @@ def train_recon(
             raise InvalidInputError(
                 f"{last_path} holds a {checkpoint['model_kind']!r} model, not {config.model!r}"
             )
+        if bool(checkpoint.get("smp", False)) != config.smp:
+            raise InvalidInputError(
+                f"{last_path} was trained with smp={bool(checkpoint.get('smp', False))}, not smp={config.smp}"
+            )
         model.load_state_dict(checkpoint["model"])
         optimiser.load_state_dict(checkpoint["optimiser"])
-        rng.bit_generator.state = checkpoint["mask_rng"]
         epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
         best_ssim, best_epoch = float(checkpoint["best_ssim"]), int(checkpoint["best_epoch"])
         best_metrics = checkpoint["best_metrics"]
+        states = checkpoint.get("mask_rngs") or [checkpoint["mask_rng"]]
+        rng = restore_rank_generator(states, config.seed, context, step)
+    step_module = wrap_model(TrainingForward(model, config.model == "vsharp"), context, device)
     sampler = MaskSampler(config.masks, config.accelerations, width, num_acs, rng)
     fixed_masks = validation_masks(config.masks, config.accelerations, width, num_acs, config.seed)
-    config.runs.mkdir(parents=True, exist_ok=True)
+    writer: SummaryWriter | None = None
+    if context.is_main:
+        config.runs.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(log_dir=str(config.runs / "tensorboard"))
     first_epoch = epoch + 1
-    writer = SummaryWriter(log_dir=str(config.runs / "tensorboard"))
     try:
         with _progress(console, show_progress) as progress:
             total = max(0, config.epochs - epoch) * config.steps_per_epoch
@@ -216,78 +292,99 @@ def train_recon(
                     )
                     family, acceleration, masks = sampler.draw(config.batch_size)
                     batch = make_batch([train_set.slices[int(i)] for i in picks], masks).to(device)
-                    total_loss, terms = training_loss(model, loss, batch, config.model)
+                    total_loss, terms = training_loss(step_module, loss, batch)
                     if not torch.isfinite(total_loss):
                         raise InvalidStateError(
-                            f"loss became {float(total_loss)} at step {step} ({family}, R={acceleration})"
+                            f"loss became {float(total_loss)} at step {step} ({family}, R={acceleration}, "
+                            f"rank {context.rank})"
                         )
                     optimiser.zero_grad(set_to_none=True)
                     total_loss.backward()  # type: ignore[no-untyped-call]
+                    for group in optimiser.param_groups:
+                        group["lr"] = learning_rate(config, step)
                     optimiser.step()
                     step += 1
-                    for name, term in terms.items():
-                        writer.add_scalar(f"train/{name}", float(term.detach()), step)
+                    if writer is not None:  # rank 0's own batch terms
+                        for name, term in terms.items():
+                            writer.add_scalar(f"train/{name}", float(term.detach()), step)
                     progress.update(
                         task, advance=1, status=f"epoch {epoch} loss {float(total_loss.detach()):.4f}"
                     )
-                metrics = validate(model, val_set, fixed_masks, device)
-                score = mean_ssim(metrics)
-                for key, entry in metrics.items():
-                    for name, value in entry.items():
-                        writer.add_scalar(f"val/{key}/{name}", value, epoch)
-                writer.add_scalar("val/mean_ssim", score, epoch)
-                if score > best_ssim:
-                    best_ssim, best_epoch, best_metrics = score, epoch, metrics
-                    torch.save({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_path)
-                torch.save(
-                    {
-                        "model_kind": config.model,
-                        "model": model.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "best_ssim": best_ssim,
-                        "best_epoch": best_epoch,
-                        "best_metrics": best_metrics,
-                        "mask_rng": rng.bit_generator.state,
-                    },
-                    last_path,
-                )
-                progress.update(task, status=f"epoch {epoch} val SSIM {score:.4f} (best {best_ssim:.4f})")
+                rng_states = gather_objects(rng.bit_generator.state, context)
+                if writer is not None:
+                    metrics = validate(model, val_set, fixed_masks, device)
+                    score = mean_ssim(metrics)
+                    for key, entry in metrics.items():
+                        for name, value in entry.items():
+                            writer.add_scalar(f"val/{key}/{name}", value, epoch)
+                    writer.add_scalar("val/mean_ssim", score, epoch)
+                    if score > best_ssim:
+                        best_ssim, best_epoch, best_metrics = score, epoch, metrics
+                        torch.save(
+                            {"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_path
+                        )
+                    torch.save(
+                        {
+                            "model_kind": config.model,
+                            "smp": config.smp,
+                            "model": model.state_dict(),
+                            "optimiser": optimiser.state_dict(),
+                            "epoch": epoch,
+                            "step": step,
+                            "best_ssim": best_ssim,
+                            "best_epoch": best_epoch,
+                            "best_metrics": best_metrics,
+                            "mask_rng": rng_states[0],
+                            "mask_rngs": rng_states,
+                        },
+                        last_path,
+                    )
+                    progress.update(task, status=f"epoch {epoch} val SSIM {score:.4f} (best {best_ssim:.4f})")
+                barrier(context, device)  # the other ranks wait for rank 0's validation and checkpoints
     finally:
-        writer.close()
-    best = _load(best_path)
-    model.load_state_dict(best["model"])
-    example_item = val_set.slices[0]
-    first_mask = fixed_masks[(config.masks[0], config.accelerations[0])]
-    example = make_batch([example_item], first_mask[None, :])
-    training = {
-        "data": config.data.resolve().name,
-        "dataset_seed": manifest.seed,
-        "train_slices": len(train_set),
-        "val_slices": len(val_set),
-        "masks": list(config.masks),
-        "accelerations": list(config.accelerations),
-        "num_acs": num_acs,
-        "steps": step,
-        "epochs": epoch,
-        "best_epoch": best_epoch,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "seed": config.seed,
-        "quick": config.quick,
-        "loss": {"preset": config.loss_preset, **{k: float(v) for k, v in loss.weights.items()}},
-        "model": config.model_params,
-    }
-    bundle = write_recon_bundle(
-        model.cpu(),
-        config,
-        geometry=(coils, height, width),
-        num_acs=num_acs,
-        example=example,
-        training=training,
-        validation=best_metrics,
-    )
+        if writer is not None:
+            writer.close()
+    summary: tuple[Bundle, int, float, dict[str, dict[str, float]]] | None = None
+    if context.is_main:
+        best = _load(best_path)
+        model.load_state_dict(best["model"])
+        example_item = val_set.slices[0]
+        first_mask = fixed_masks[(config.masks[0], config.accelerations[0])]
+        example = make_batch([example_item], first_mask[None, :])
+        training = {
+            "data": config.data.resolve().name,
+            "dataset_seed": manifest.seed,
+            "train_slices": len(train_set),
+            "val_slices": len(val_set),
+            "masks": list(config.masks),
+            "accelerations": list(config.accelerations),
+            "num_acs": num_acs,
+            "steps": step,
+            "epochs": epoch,
+            "best_epoch": best_epoch,
+            "batch_size": config.batch_size,
+            "world_size": context.world_size,
+            "lr": config.lr,
+            "lr_schedule": config.lr_schedule,
+            "seed": config.seed,
+            "quick": config.quick,
+            "loss": {"preset": config.loss_preset, **{k: float(v) for k, v in loss.weights.items()}},
+            "model": config.model_params,
+            "smp": config.smp,
+            "smp_model": config.smp_params if config.smp else None,
+        }
+        bundle = write_recon_bundle(
+            model.cpu(),
+            config,
+            geometry=(coils, height, width),
+            num_acs=num_acs,
+            example=example,
+            training=training,
+            validation=best_metrics,
+        )
+        summary = (bundle, best_epoch, best_ssim, best_metrics)
+    # The other ranks wait here while rank 0 exports, then report what it wrote.
+    bundle, best_epoch, best_ssim, best_metrics = broadcast_from_main(summary, context)
     return TrainResult(
         bundle=bundle,
         first_epoch=first_epoch,
@@ -297,4 +394,5 @@ def train_recon(
         best_ssim=best_ssim,
         validation=best_metrics,
         seconds=time.perf_counter() - started,
+        rank=context.rank,
     )

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from kadapt.classic import reconstruct
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue, MemoryJobQueue
 from kadapt.jobs.redis_queue import RedisJobQueue
-from kadapt.recon.domain.classic import reconstruct
 from kadapt.recon.domain.methods import MethodRegistry, ReconMethod, classic_methods, default_registry
 from kadapt.recon.domain.worker import ReconMetrics, ReconWorker
 from kadapt.schemas.jobs import ReconResult, ReconStatus

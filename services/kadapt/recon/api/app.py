@@ -19,12 +19,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Histogram
 
+from kadapt.classic import ClassicParameters
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue, MemoryJobQueue
 from kadapt.jobs.redis_queue import RedisJobQueue
 from kadapt.recon.api.problems import install_problem_handlers
 from kadapt.recon.api.routes import ReconRuntime, router
-from kadapt.recon.domain.classic import ClassicParameters
 from kadapt.recon.domain.learned import load_learned
 from kadapt.recon.domain.methods import MethodRegistry, default_registry
 from kadapt.recon.domain.worker import ReconMetrics, ReconWorker

@@ -28,13 +28,13 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from kadapt.errors import InvalidInputError, UnknownReconMethodError
-from kadapt.recon.domain.classic import (
+from kadapt.classic import (
     CLASSIC_METHODS,
     DEFAULT_PARAMETERS,
     ClassicParameters,
     reconstruct,
 )
+from kadapt.errors import InvalidInputError, UnknownReconMethodError
 from kadapt.recon.domain.learned import LearnedCatalogue, LearnedModel, ScanShape
 
 #: ``(kspace (slice, frame, coil, H, W), mask (slice, frame, W), num_acs) -> magnitude (slice, frame, H, W)``
@@ -237,7 +237,7 @@ def _describe_model(model: LearnedModel) -> str:
 
 
 def classic_methods(parameters: ClassicParameters = DEFAULT_PARAMETERS) -> list[ReconMethod]:
-    """The four classic methods of :mod:`kadapt.recon.domain.classic` as registry entries."""
+    """The four classic methods of :mod:`kadapt.classic.sigpy_recon` as registry entries."""
     return [
         ReconMethod(
             name=name,

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from kadapt.classic import check_recon_inputs
 from kadapt.errors import ChecksumMismatchError, InvalidInputError, NotFoundError, ServiceUnavailableError
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import Delivery, JobQueue
-from kadapt.recon.domain.classic import check_recon_inputs
 from kadapt.recon.domain.learned import scan_shape
 from kadapt.recon.domain.methods import MethodChoice, MethodRegistry, default_registry
 from kadapt.schemas.jobs import ReconJob, ReconResult, ReconStatus

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from kadapt.classic import CLASSIC_METHODS, ClassicParameters, check_recon_inputs, reconstruct
 from kadapt.errors import (
     GeometryMismatchError,
     InvalidAccelerationError,
@@ -15,7 +16,6 @@ from kadapt.errors import (
     NonFiniteDataError,
     UnknownReconMethodError,
 )
-from kadapt.recon.domain.classic import CLASSIC_METHODS, ClassicParameters, check_recon_inputs, reconstruct
 
 NUM_ACS = 12
 # Fully sampled: zero-filled RSS is the reference itself; SENSE / CG-SENSE with normalised maps reproduce
