@@ -47,8 +47,9 @@ unit: venv
 
 test: setup lint typecheck contracts unit
 
-bench: setup
+bench: data
 	$(KADAPT) bench ingest --quick --out bench-ingest.json
+	$(KADAPT) bench recon --data $(DATA) $(addprefix --bundles ,$(wildcard models/modl/*)) --quick --out bench-recon.json
 
 clean:
 	rm -rf $(VENV) kadapt-demo .pytest_cache .mypy_cache .ruff_cache

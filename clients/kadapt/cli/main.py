@@ -267,6 +267,24 @@ def bench_ingest(
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 
+@bench_app.command("plan-latency")
+def bench_plan_latency(
+    out: Annotated[Path, typer.Option(help="JSON result file")],
+    quick: Annotated[bool, typer.Option(help="CI-sized: 300 plans per geometry, 5 faithful runs")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="ORT intra-op threads (sampler and faithful)")] = 1,
+) -> None:
+    """Served MNet plan latency (real sampler process, HTTP) at W=128 and W=320, and the faithful MNet's."""
+    from kadapt.launcher.bench_plan import run_plan_latency_benchmark
+
+    try:
+        result = run_plan_latency_benchmark(quick=quick, console=console, threads=threads)
+    except KadaptError as error:
+        raise _fail(error) from error
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
 @bench_app.command("recon", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def bench_recon_command(
     ctx: typer.Context,

@@ -1,5 +1,8 @@
-"""``kadapt demo``: held-out volumes replayed through the embedded stack with fixed policies x classic
-reconstructions at R = 4 and 8; a table on the terminal, ``report.json`` and figures."""
+"""``kadapt demo``: held-out volumes replayed through the embedded stack with fixed policies x classic and
+learned reconstructions at R = 4 and 8; a table on the terminal, ``report.json`` and figures.
+
+``learned`` asks the recon service for the best bundle in ``models/`` that accepts the scan; where none
+does, the job runs the fallback (CG-SENSE) and the row's ``recon_methods_used`` says so."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from kadapt.replay.report import aggregate
 from kadapt.replay.run import ReplaySettings, replay_files
 
 DEMO_POLICIES = ("equispaced", "random", "vd-random", "gaussian-1d", "centre-only")
-DEMO_RECONS = ("zero-filled", "sense", "cg-sense", "l1-wavelet")
+DEMO_RECONS = ("zero-filled", "sense", "cg-sense", "l1-wavelet", "learned")
 DEMO_ACCELERATIONS = (4.0, 8.0)
 
 

@@ -11,10 +11,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class SamplerSettings(BaseSettings):
     """``model_repository``: the bundle repository (``<name>/<version>/manifest.json``);
     ``max_inflight``: plans computing at once (the rest queue until their deadline);
-    ``warmup``: run one plan per policy before reporting ready."""
+    ``warmup``: run one plan per policy before reporting ready;
+    ``ort_threads``: ONNX Runtime intra-op threads per ``mnet`` session;
+    ``fallback_margin_ms``: time kept before a deadline to serve a model policy's fallback instead;
+    ``mnet_fallback``: the 1d mask family an ``mnet`` bundle falls back to when its manifest names none."""
 
     model_config = SettingsConfigDict(env_prefix="KADAPT_SAMPLER_", extra="ignore")
 
     model_repository: Path = Path("models")
     max_inflight: int = Field(default=8, ge=1, le=1024)
     warmup: bool = True
+    ort_threads: int = Field(default=1, ge=1, le=64)
+    fallback_margin_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
+    mnet_fallback: str = "vd-random"

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 import yaml
-from torch import Tensor, nn
+from torch import nn
 
 from kadapt.bundles.manifest import BUNDLE_NAME_PATTERN, BUNDLE_VERSION_PATTERN
 from kadapt.errors import InvalidAccelerationError, InvalidInputError, NotFoundError
 from kadapt.masks import get_family
 from kadapt.nn.losses import DualDomainLoss
 from kadapt.nn.modl import MoDL
-from kadapt.nn.smp import SensitivityMapPredictor
+from kadapt.nn.smp import SensitivityMapPredictor, SensitivityRefinedRecon
 from kadapt.nn.unet import UNetRecon
 from kadapt.nn.vsharp import VSharp2D
 
@@ -266,27 +266,6 @@ def make_config(
     # Fail now, not after loading the data.
     build_model(config.model, config.model_params, config.smp_params if config.smp else None)
     return config
-
-
-class SensitivityRefinedRecon(nn.Module):
-    """``--smp``: the SMP (seed 004 section 2.2) refines the ``sens`` input and the wrapped reconstruction
-    runs on the refined maps; both are trained end to end with the reconstruction's loss.
-
-    Same calling convention as the wrapped :class:`kadapt.nn.modl.ReconModel`: ``masked_kspace
-    (B, C, H, W, 2)``, ``mask (B, 1, 1, W, 1)``, ``sens (B, C, H, W, 2)`` -> image ``(B, H, W, 2)``, so the
-    exported graph keeps the bundle's inputs (ACS maps in) and output and the recon service serves it
-    unchanged. The SMP folds coils into the batch, so it adds no coil-count constraint.
-    """
-
-    def __init__(self, recon: nn.Module, smp: SensitivityMapPredictor) -> None:
-        super().__init__()
-        self.recon = recon
-        self.smp = smp
-
-    def forward(self, masked_kspace: Tensor, mask: Tensor, sens: Tensor) -> Tensor:
-        """``(B, C, H, W, 2), (B, 1, 1, W, 1), (B, C, H, W, 2) -> (B, H, W, 2)``."""
-        image: Tensor = self.recon(masked_kspace, mask, self.smp(sens))
-        return image
 
 
 def build_model(

@@ -29,9 +29,9 @@ from kadapt.data.manifest import load_manifest
 from kadapt.errors import InvalidInputError, InvalidStateError
 from kadapt.metrics import evaluate_volume
 from kadapt.nn.losses import DualDomainLoss, complex_magnitude
+from kadapt.nn.smp import SensitivityRefinedRecon
 from kadapt.trainer.bundle import write_recon_bundle
 from kadapt.trainer.config import (
-    SensitivityRefinedRecon,
     TrainConfig,
     build_loss,
     build_model,

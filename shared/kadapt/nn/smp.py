@@ -133,3 +133,24 @@ class SensitivityMapPredictor(nn.Module):
         """ACS estimate then refinement: k-space ``(B, C, H, W, 2)`` -> maps ``(B, C, H, W, 2)``."""
         refined: Tensor = self(acs_sensitivity_estimate(masked_kspace, num_acs))
         return refined
+
+
+class SensitivityRefinedRecon(nn.Module):
+    """``--smp``: the SMP (seed 004 section 2.2) refines the ``sens`` input and the wrapped reconstruction
+    runs on the refined maps; both are trained end to end with the reconstruction's loss.
+
+    Same calling convention as the wrapped :class:`kadapt.nn.modl.ReconModel`: ``masked_kspace
+    (B, C, H, W, 2)``, ``mask (B, 1, 1, W, 1)``, ``sens (B, C, H, W, 2)`` -> image ``(B, H, W, 2)``, so the
+    exported graph keeps the bundle's inputs (ACS maps in) and output and the recon service serves it
+    unchanged. The SMP folds coils into the batch, so it adds no coil-count constraint.
+    """
+
+    def __init__(self, recon: nn.Module, smp: SensitivityMapPredictor) -> None:
+        super().__init__()
+        self.recon = recon
+        self.smp = smp
+
+    def forward(self, masked_kspace: Tensor, mask: Tensor, sens: Tensor) -> Tensor:
+        """``(B, C, H, W, 2), (B, 1, 1, W, 1), (B, C, H, W, 2) -> (B, H, W, 2)``."""
+        image: Tensor = self.recon(masked_kspace, mask, self.smp(sens))
+        return image

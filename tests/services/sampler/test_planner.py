@@ -170,7 +170,9 @@ def test_registry_reports_bad_bundles_without_raising(tmp_path: Path, repo_model
     manifest_path = tmp_path / "tampered" / "1" / "manifest.json"
     manifest_path.write_text(manifest_path.read_text().replace('"centre-weighted"', '"tampered"'))
     (tmp_path / "tampered" / "1" / "mask.npy").write_bytes(b"not the mask")
-    for name, kind in (("recon-model", "modl"), ("mnet-model", "mnet"), ("vd-random", "fixed-mask")):
+    kinds = (("recon-model", "modl"), ("mnet-model", "mnet"), ("ads-model", "ads"))
+    kinds += (("vd-random", "fixed-mask"),)
+    for name, kind in kinds:
         shutil.copytree(repo_models / "centre-weighted", tmp_path / name)
         path = tmp_path / name / "1" / "manifest.json"
         path.write_text(
@@ -182,11 +184,12 @@ def test_registry_reports_bad_bundles_without_raising(tmp_path: Path, repo_model
 
     names = [p.name for p in registry.policies()]
     assert {"centre-weighted", "vd-random"} <= set(names)
-    assert not {"tampered", "recon-model", "mnet-model"} & set(names)
-    assert set(registry.failures) == {"tampered/1", "vd-random/1"}
+    assert not {"tampered", "recon-model", "mnet-model", "ads-model"} & set(names)
+    assert set(registry.failures) == {"tampered/1", "vd-random/1", "mnet-model/1"}
     assert registry.failures["tampered/1"].startswith("checksum-mismatch: ")
     assert "mask family" in registry.failures["vd-random/1"]
-    assert set(registry.skipped) == {"mnet-model/1"}
+    assert "mnet geometry needs kx and coils" in registry.failures["mnet-model/1"]  # a mask, not a model
+    assert set(registry.skipped) == {"ads-model/1"}
     with pytest.raises(InvalidInputError, match="'poisson-2d'"):
         registry.get("poisson-2d")
 

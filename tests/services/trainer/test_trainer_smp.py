@@ -18,8 +18,8 @@ from kadapt.fastmri.files import read_fastmri
 from kadapt.nn.export import relative_l2_error
 from kadapt.nn.losses import complex_magnitude
 from kadapt.nn.modl import MoDL
-from kadapt.nn.smp import SensitivityMapPredictor
-from kadapt.trainer.config import SensitivityRefinedRecon, build_model, make_config
+from kadapt.nn.smp import SensitivityMapPredictor, SensitivityRefinedRecon
+from kadapt.trainer.config import build_model, make_config
 from kadapt.trainer.data import make_batch, prepare_slice, validation_masks
 from kadapt.trainer.loop import train_recon
 

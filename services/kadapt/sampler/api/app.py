@@ -9,6 +9,7 @@ per-app Prometheus registry, so several apps (tests, the embedded stack) never s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from kadapt.errors import KadaptError
 from kadapt.sampler.api.problems import install_problem_handlers
 from kadapt.sampler.api.routes import SamplerState, router
+from kadapt.sampler.domain.mnet import MNetServing
 from kadapt.sampler.domain.planner import Planner, PolicyRegistry
 from kadapt.sampler.settings import SamplerSettings
 
@@ -26,7 +28,7 @@ logger = logging.getLogger("kadapt.sampler")
 
 # Plans take 0.1-1 ms for fixed masks and a few ms for models; deadlines are tens to hundreds of ms.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
-DEADLINE_STAGES = ("admission", "queue", "dequeue", "compute", "result")
+DEADLINE_STAGES = ("admission", "queue", "dequeue", "compute", "inference", "result")
 
 
 class PrometheusObserver:
@@ -56,6 +58,13 @@ class PrometheusObserver:
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
+        self.fallbacks = Counter(
+            "fallback",
+            "Plans answered with a model policy's fallback mask (degraded), by policy and reason",
+            ["policy", "reason"],
+            namespace=prefix,
+            registry=registry,
+        )
         self.queue_wait_seconds = Histogram(
             "queue_wait_seconds",
             "Time waiting for a compute slot",
@@ -78,6 +87,9 @@ class PrometheusObserver:
     def deadline_missed(self, stage: str) -> None:
         self.deadline_exceeded.labels(stage=stage).inc()
 
+    def fallback_served(self, policy: str, reason: str) -> None:
+        self.fallbacks.labels(policy=policy, reason=reason).inc()
+
     def queue_waited(self, seconds: float) -> None:
         self.queue_wait_seconds.observe(seconds)
 
@@ -92,7 +104,14 @@ async def start_planner(
     """Build (or take) the registry, create the planner, warm every policy up, then mark warm."""
     settings = state.settings
     if registry is None:
-        registry = await asyncio.to_thread(PolicyRegistry.from_sources, settings.model_repository)
+        serving = MNetServing(
+            threads=settings.ort_threads,
+            margin_ms=settings.fallback_margin_ms,
+            default_fallback=settings.mnet_fallback,
+        )
+        registry = await asyncio.to_thread(
+            functools.partial(PolicyRegistry.from_sources, settings.model_repository, mnet=serving)
+        )
     planner = Planner(registry, max_inflight=settings.max_inflight, observer=observer)
     if settings.warmup:
         for policy in registry.policies():

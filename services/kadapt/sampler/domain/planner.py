@@ -12,6 +12,11 @@ drops a request at every point where it could notice it is late (the stages of t
 ``result``     the policy is still running at the deadline: the caller gets the 504 at once, the worker
                thread finishes in the background and only then frees its slot.
 
+Model policies with a fallback (:class:`DegradablePolicy`, ``mnet`` bundles) are not left to miss the
+deadline: the planner waits for their model only until ``fallback_margin_ms`` before it and then answers
+with the fallback, marked degraded (``model-late``, counted under the stage ``inference``); the policy
+itself falls back when inference ends that late or cannot run (``domain/mnet.py``).
+
 Plans are computed in a worker thread (``asyncio.to_thread``) so a slow model never blocks the event
 loop, and every plan is checked against the contract (architecture.md section 3) before it leaves.
 """
@@ -24,8 +29,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from kadapt.bundles import list_bundle_refs, load_bundle, read_manifest
+from kadapt.bundles import BundleRef, list_bundle_refs, load_bundle, read_manifest
 from kadapt.errors import (
+    BundleError,
     DeadlineExceededError,
     InvalidInputError,
     InvalidStateError,
@@ -34,7 +40,9 @@ from kadapt.errors import (
     UnknownPolicyError,
 )
 from kadapt.masks import line_budget, mask_families
+from kadapt.sampler.domain.mnet import MNetServing, load_mnet_policy
 from kadapt.sampler.domain.policies import (
+    DegradablePolicy,
     FixedFamilyPolicy,
     FixedMaskBundlePolicy,
     MaskFamilyLike,
@@ -49,6 +57,8 @@ from kadapt.schemas import PlanRequest, PlanResponse
 # Bundle kinds that are sampler models; recon bundles (modl, vsharp, unet, smp) are not ours to load.
 SAMPLER_BUNDLE_KINDS = frozenset({"fixed-mask", "mnet", "ads"})
 WARMUP_SCAN_ID = "warmup"
+WARMUP_RUNS = 3
+MODEL_LATE = "model-late"
 
 
 def wall_clock_ms() -> float:
@@ -74,13 +84,20 @@ class PolicyRegistry:
 
     @classmethod
     def from_sources(
-        cls, model_repository: Path, families: Mapping[str, MaskFamilyLike] | None = None
+        cls,
+        model_repository: Path,
+        families: Mapping[str, MaskFamilyLike] | None = None,
+        *,
+        mnet: MNetServing | None = None,
     ) -> PolicyRegistry:
         """One :class:`FixedFamilyPolicy` per 1d/kt family of ``families`` (default: the
-        :mod:`kadapt.masks` registry) and one :class:`FixedMaskBundlePolicy` per ``fixed-mask`` bundle of
-        ``model_repository`` (its latest version, checksums verified). A bad bundle is recorded in
-        ``failures`` with the reason; it never raises."""
+        :mod:`kadapt.masks` registry), one :class:`FixedMaskBundlePolicy` per ``fixed-mask`` bundle and
+        one :class:`~kadapt.sampler.domain.mnet.MNetBundlePolicy` per ``mnet`` bundle of
+        ``model_repository`` (latest versions, checksums verified; ``mnet`` sets how models run and
+        their default fallback). A bad bundle is recorded in ``failures`` with the reason; it never
+        raises."""
         registry = cls()
+        mnet_refs: list[BundleRef] = []
         for name, family in sorted((families if families is not None else mask_families()).items()):
             try:
                 registry.add(FixedFamilyPolicy(family))
@@ -92,12 +109,23 @@ class PolicyRegistry:
                 manifest = read_manifest(ref.path)
                 if manifest.kind not in SAMPLER_BUNDLE_KINDS:
                     continue
+                if manifest.kind == "mnet":
+                    mnet_refs.append(ref)  # after the fixed policies: they are the fallbacks
+                    continue
                 if manifest.kind != "fixed-mask":
                     registry.skipped[ref.ref] = f"kind {manifest.kind!r} has no runtime in this sampler yet"
                     continue
                 if name in registry._policies or name in registry._refused:
                     raise InvalidStateError(f"bundle {ref.ref} has the name of a mask family")
                 registry.add(FixedMaskBundlePolicy(load_bundle(model_repository, name, ref.version)))
+            except KadaptError as err:
+                registry.failures[ref.ref] = f"{err.slug}: {err.detail}"
+        for ref in mnet_refs:
+            try:
+                if ref.name in registry._policies or ref.name in registry._refused:
+                    raise InvalidStateError(f"bundle {ref.ref} has the name of another policy")
+                bundle = load_bundle(model_repository, ref.name, ref.version)
+                registry.add(load_mnet_policy(bundle, registry.get, mnet or MNetServing()))
             except KadaptError as err:
                 registry.failures[ref.ref] = f"{err.slug}: {err.detail}"
         return registry
@@ -182,6 +210,8 @@ class PlanObserver(Protocol):
 
     def deadline_missed(self, stage: str) -> None: ...
 
+    def fallback_served(self, policy: str, reason: str) -> None: ...
+
     def queue_waited(self, seconds: float) -> None: ...
 
     def slots_changed(self, inflight: int, queued: int) -> None: ...
@@ -194,6 +224,9 @@ class NullObserver:
         return None
 
     def deadline_missed(self, stage: str) -> None:
+        return None
+
+    def fallback_served(self, policy: str, reason: str) -> None:
         return None
 
     def queue_waited(self, seconds: float) -> None:
@@ -240,6 +273,11 @@ class Planner:
             planned = await self._plan_in_slot(policy, request)
             validate_plan(request, planned, policy.info, budget)
             outcome = "ok"
+            if planned.fallback is not None:
+                outcome = "fallback"
+                self._observer.fallback_served(policy.name, planned.fallback)
+                if planned.fallback == MODEL_LATE:
+                    self._observer.deadline_missed("inference")
             return PlanResponse(
                 scan_id=request.scan_id,
                 policy=policy.name,
@@ -247,7 +285,9 @@ class Planner:
                 frame_lines=planned.frame_lines,
                 round=request.round,
                 final=True,
-                served_by=policy.info.served_by,
+                degraded=planned.degraded,
+                reason=planned.reason,
+                served_by=planned.served_by or policy.info.served_by,
                 elapsed_ms=(time.perf_counter() - started) * 1000.0,
             )
         except DeadlineExceededError as err:
@@ -261,10 +301,20 @@ class Planner:
             self._observer.plan_done(label, outcome, time.perf_counter() - started)
 
     def warm_up(self, policy: Policy) -> None:
-        """Run one small plan through ``policy`` and check it (blocking; call from a thread)."""
-        request = warmup_request(policy.info, self._clock_ms())
+        """Run one small plan through ``policy`` and check it (blocking; call from a thread). A
+        :class:`DegradablePolicy` plans its own ``warmup_request`` a few times (first ORT runs allocate)
+        and fails warm-up with a ``BundleError`` when its model does not answer."""
+        degradable = isinstance(policy, DegradablePolicy)
+        if isinstance(policy, DegradablePolicy):
+            request = policy.warmup_request(self._clock_ms())
+        else:
+            request = warmup_request(policy.info, self._clock_ms())
         budget = line_budget(request.width, request.acceleration, request.num_acs)
-        validate_plan(request, policy.plan(request, self._clock_ms()), policy.info, budget)
+        for _ in range(WARMUP_RUNS if degradable else 1):
+            planned = policy.plan(request, self._clock_ms())
+            validate_plan(request, planned, policy.info, budget)
+            if planned.degraded:
+                raise BundleError(f"warm-up of policy {policy.name!r} fell back: {planned.reason}")
 
     async def _plan_in_slot(self, policy: Policy, request: PlanRequest) -> PlannedLines:
         await self._acquire_slot(request)
@@ -274,7 +324,16 @@ class Planner:
         try:
             check_deadline(request, "dequeue", self._clock_ms())
             task = asyncio.ensure_future(asyncio.to_thread(self._compute, policy, request))
-            done, _ = await asyncio.wait({task}, timeout=self._seconds_left(request))
+            degradable = policy if isinstance(policy, DegradablePolicy) else None
+            margin_s = degradable.fallback_margin_ms / 1000.0 if degradable is not None else 0.0
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, self._seconds_left(request) - margin_s))
+            if task not in done and degradable is not None:
+                # The fallback is a cheap fixed mask: made here, it is out before the deadline.
+                return degradable.fallback_plan(
+                    request,
+                    MODEL_LATE,
+                    f"the model was still running {degradable.fallback_margin_ms} ms before the deadline",
+                )
             if task not in done:
                 raise DeadlineExceededError(
                     f"policy {policy.name!r} still computing scan {request.scan_id!r} at its deadline",

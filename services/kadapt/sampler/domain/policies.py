@@ -8,6 +8,8 @@ a stochastic binarisation), so replanning after a timeout or on another replica 
 - :class:`FixedFamilyPolicy` serves one 1d or kt mask family of :mod:`kadapt.masks`.
 - :class:`FixedMaskBundlePolicy` serves a ``fixed-mask`` bundle: a population-adaptive pattern learned
   offline (LOUPE-style, seed 000 section 1.4) stored as ``mask.npy`` line scores of shape ``(W,)``.
+- :class:`DegradablePolicy` is a model policy with a fallback (``mnet`` bundles, ``domain/mnet.py``):
+  when its model cannot answer in time its plan is the fallback's, marked degraded with a reason.
 - :class:`PolicyRegistry` holds them, built at startup from the family registry and the model repository.
 
 Multi-round planning (seed 004, Algorithm A1: already sampled indices are zeroed out before the next
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,10 +51,18 @@ FloatArray = NDArray[np.float64]
 @dataclass(frozen=True)
 class PlannedLines:
     """A policy's answer: ``lines`` the sorted ky lines (for ``kt`` policies, frame 0's) and, for
-    ``kt`` policies, ``frame_lines`` one sorted tuple per frame (``frames`` x ``budget`` lines)."""
+    ``kt`` policies, ``frame_lines`` one sorted tuple per frame (``frames`` x ``budget`` lines).
+
+    A model policy that could not answer returns its fallback's lines with ``degraded`` set, ``reason``
+    (human text), ``fallback`` (the reason's slug, a metric label) and ``served_by`` (the fallback).
+    """
 
     lines: tuple[int, ...]
     frame_lines: tuple[tuple[int, ...], ...] | None = None
+    degraded: bool = False
+    reason: str | None = None
+    fallback: str | None = None
+    served_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,20 @@ class Policy(Protocol):
     def info(self) -> PolicyInfo: ...
 
     def plan(self, request: PlanRequest, now_ms: float) -> PlannedLines: ...
+
+
+@runtime_checkable
+class DegradablePolicy(Policy, Protocol):
+    """A model policy with a fallback (``mnet`` bundles): the planner waits for its ``plan`` only until
+    ``fallback_margin_ms`` before the deadline and then serves ``fallback_plan`` (degraded) instead;
+    warm-up plans ``warmup_request`` (which must not come back degraded)."""
+
+    @property
+    def fallback_margin_ms(self) -> float: ...
+
+    def fallback_plan(self, request: PlanRequest, reason: str, detail: str) -> PlannedLines: ...
+
+    def warmup_request(self, now_ms: float) -> PlanRequest: ...
 
 
 class MaskFamilyLike(Protocol):
