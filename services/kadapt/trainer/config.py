@@ -81,6 +81,8 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     resume: bool = False
+    init_from: Path | None = None
+    augment: bool = False
     quick: bool = False
     config_file: Path = field(default=CONFIG_DIR / "unet.yaml")
     smp: bool = False
@@ -180,6 +182,7 @@ def make_config(
     num_acs: int | None = None,
     device: str = "cpu",
     resume: bool = False,
+    init_from: Path | None = None,
     seed: int = 0,
     smp: bool = False,
 ) -> TrainConfig:
@@ -252,6 +255,8 @@ def make_config(
         device=device,
         seed=seed,
         resume=resume,
+        init_from=init_from,
+        augment=_flag(path, "training.augment", training.get("augment", False)),
         quick=quick,
         config_file=path,
         smp=smp,
@@ -305,6 +310,12 @@ def _schedule(path: Path, value: object) -> LrSchedule:
             f"config {path}: unknown optimiser.schedule {value!r}; choose {list(LR_SCHEDULES)}"
         )
     return cast(LrSchedule, value)
+
+
+def _flag(path: Path, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"config {path}: {name} must be true or false, got {value!r}")
+    return value
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:

@@ -27,7 +27,7 @@ from kadapt.data.manifest import DatasetManifest, Split, load_manifest
 from kadapt.errors import InvalidInputError
 from kadapt.fastmri.files import read_fastmri
 from kadapt.kspace.coils import acs_sensitivities, rss, sense_combine
-from kadapt.kspace.fft import ifft2c
+from kadapt.kspace.fft import fft2c, ifft2c
 from kadapt.kspace.preprocess import acs_scale
 from kadapt.masks import line_budget, make_mask
 
@@ -134,6 +134,20 @@ def make_batch(items: list[PreparedSlice], masks: NDArray[np.bool_]) -> Batch:
         sens=_channels(np.stack([item.sens for item in items])),
         target=_channels(np.stack([item.target for item in items])),
     )
+
+
+def random_flip(item: PreparedSlice, rng: np.random.Generator) -> PreparedSlice:
+    """``item`` mirrored in the image domain along the readout H and / or the phase encode W (each with
+    probability 1/2, drawn from ``rng``): k-space through the coil images, maps and target flipped alike.
+    A data augmentation for the small simulated training set (80 slices by default)."""
+    flips = rng.random(2) < 0.5
+    axes = tuple(axis for axis, flip in zip((-2, -1), flips, strict=True) if flip)
+    if not axes:
+        return item
+    kspace = fft2c(np.flip(ifft2c(item.kspace), axis=axes)).astype(np.complex64)
+    sens = np.ascontiguousarray(np.flip(item.sens, axis=axes))
+    target = np.ascontiguousarray(np.flip(item.target, axis=axes))
+    return PreparedSlice(item.volume, item.slice_index, kspace, sens, target, item.scale)
 
 
 def check_budgets(width: int, accelerations: tuple[float, ...], num_acs: int) -> None:

@@ -44,6 +44,7 @@ from kadapt.trainer.data import (
     check_budgets,
     default_num_acs,
     make_batch,
+    random_flip,
     validation_masks,
 )
 from kadapt.trainer.distributed import (
@@ -59,6 +60,7 @@ from kadapt.trainer.distributed import (
     torch_threads,
     wrap_model,
 )
+from kadapt.trainer.warm_start import warm_start
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -253,8 +255,10 @@ def _train(
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss = build_loss(config.loss_preset, config.loss_weights)
     rng = rank_generator(config.seed, context.rank)
+    augment_rng = np.random.default_rng([config.seed, context.rank, 1])  # flips; not checkpointed
     epoch, step, best_ssim, best_epoch = 0, 0, -math.inf, 0
     best_metrics: dict[str, dict[str, float]] = {}
+    init_record = warm_start(model, config.init_from, load=not config.resume) if config.init_from else None
     if config.resume:
         checkpoint = _load(last_path)
         if checkpoint["model_kind"] != config.model:
@@ -291,7 +295,10 @@ def _train(
                         len(train_set), size=config.batch_size, replace=len(train_set) < config.batch_size
                     )
                     family, acceleration, masks = sampler.draw(config.batch_size)
-                    batch = make_batch([train_set.slices[int(i)] for i in picks], masks).to(device)
+                    items = [train_set.slices[int(i)] for i in picks]
+                    if config.augment:
+                        items = [random_flip(item, augment_rng) for item in items]
+                    batch = make_batch(items, masks).to(device)
                     total_loss, terms = training_loss(step_module, loss, batch)
                     if not torch.isfinite(total_loss):
                         raise InvalidStateError(
@@ -366,12 +373,14 @@ def _train(
             "world_size": context.world_size,
             "lr": config.lr,
             "lr_schedule": config.lr_schedule,
+            "augment": config.augment,
             "seed": config.seed,
             "quick": config.quick,
             "loss": {"preset": config.loss_preset, **{k: float(v) for k, v in loss.weights.items()}},
             "model": config.model_params,
             "smp": config.smp,
             "smp_model": config.smp_params if config.smp else None,
+            "initialised_from": init_record,
         }
         bundle = write_recon_bundle(
             model.cpu(),

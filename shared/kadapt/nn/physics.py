@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from kadapt.errors import InvalidInputError
-from kadapt.kspace.torch_fft import centered_dft_matrix, fft2c_real, ifft2c_real
+from kadapt.kspace.torch_fft import dft_tensor, fft2c_real, ifft2c_real
 
 __all__ = [
     "complex_abs",
@@ -185,9 +185,8 @@ def ky_projection(coil_images: Tensor, mask: Tensor) -> Tensor:
 
 def _ky_projection_matmul(coil_images: Tensor, mask: Tensor) -> Tensor:
     width = coil_images.shape[-2]
-    dft = centered_dft_matrix(width)
-    d_re = torch.as_tensor(dft.real, dtype=coil_images.dtype, device=coil_images.device)
-    d_im = torch.as_tensor(dft.imag, dtype=coil_images.dtype, device=coil_images.device)
+    d_re = dft_tensor(width, False, coil_images, "re")
+    d_im = dft_tensor(width, False, coil_images, "im")
     weights = mask.reshape(mask.shape[0], width, 1)  # m_n scales row n of D
     masked_re, masked_im = weights * d_re, weights * d_im  # (B or 1, W, W)
     # G = D^H diag(m) D = (Re D^T - i Im D^T) diag(m) (Re D + i Im D)
