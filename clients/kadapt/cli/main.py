@@ -365,6 +365,9 @@ def train_recon_command(
         Path | None, typer.Option(help="checkpoints + TensorBoard (default runs/NAME/VERSION)")
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue from RUNS/last.pt")] = False,
+    init: Annotated[
+        Path | None, typer.Option(help="start from this checkpoint's weights (best.pt / last.pt)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of masks, batches and initialisation")] = 0,
     smp: Annotated[bool, typer.Option(help="refine the ACS maps with the SMP inside the model")] = False,
 ) -> None:
@@ -399,6 +402,7 @@ def train_recon_command(
             num_acs=num_acs,
             device=device,
             resume=resume,
+            init_from=init,
             seed=seed,
             smp=smp,
         )
