@@ -24,7 +24,9 @@ def test_warm_start_copies_the_weights_and_records_the_checkpoint(tmp_path: Path
     record = warm_start(fresh, checkpoint)
     for name, value in trained.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[name], value, rtol=0, atol=0)
-    assert record["epoch"] == 3 and record["path"] == str(checkpoint) and len(record["sha256"]) == 64
+    assert record["epoch"] == 3
+    assert record["path"] == str(checkpoint)
+    assert len(record["sha256"]) == 64
 
 
 def test_warm_start_refuses_another_architecture_and_a_missing_file(tmp_path: Path) -> None:
@@ -35,7 +37,7 @@ def test_warm_start_refuses_another_architecture_and_a_missing_file(tmp_path: Pa
     torch.save({"weights": {}}, tmp_path / "other.pt")
     with pytest.raises(InvalidInputError, match="not a kadapt trainer checkpoint"):
         warm_start(_modl(4), tmp_path / "other.pt")
-    with pytest.raises(NotFoundError, match="missing.pt"):
+    with pytest.raises(NotFoundError, match=r"missing\.pt"):
         warm_start(_modl(4), tmp_path / "missing.pt")
 
 
