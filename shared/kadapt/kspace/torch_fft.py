@@ -102,9 +102,11 @@ _DFT_TENSORS: dict[tuple[int, bool, torch.dtype, torch.device, str], torch.Tenso
 
 
 def dft_tensor(size: int, inverse: bool, like: torch.Tensor, form: str) -> torch.Tensor:
-    """The centered DFT matrix as a cached constant tensor of ``like``'s dtype and device: ``form``
-    ``"re"`` / ``"im"`` ``(N, N)`` parts, or ``"block"`` ``[[Re D^T, Im D^T], [-Im D^T, Re D^T]]`` ``(2N, 2N)``
-    (``[a | b] @ block == [Re | Im]`` of ``(a + ib) @ D^T`` for row vectors ``a``, ``b`` of length N)."""
+    """The centered DFT matrix as a cached constant tensor of ``like``'s dtype and device.
+
+    ``form``: ``"re"`` / ``"im"`` for the ``(N, N)`` parts, or ``"block"`` for
+    ``[[Re D^T, Im D^T], [-Im D^T, Re D^T]]`` ``(2N, 2N)`` (``[a | b] @ block == [Re | Im]`` of
+    ``(a + ib) @ D^T`` for row vectors ``a``, ``b`` of length N)."""
     key = (size, inverse, like.dtype, like.device, form)
     cached = _DFT_TENSORS.get(key)
     if cached is None:
