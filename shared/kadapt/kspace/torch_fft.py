@@ -12,8 +12,9 @@ Two layouts exist:
   lower to a ``DFT`` node (opset 18); the legacy exporter cannot.
 
 ONNX Runtime's ``DFT`` kernel is slow on CPU (measured: 0.52 s of a 0.73 s MoDL slice at 128x128x8), so
-while ``torch.onnx.export`` traces (:func:`torch.onnx.is_in_onnx_export`) the real-layout transforms are
-emitted as matrix products with constant centered DFT matrices instead (:func:`centered_dft_matrix`): the
+inside :func:`dfts_as_matmuls` (which :func:`kadapt.nn.export.export_onnx` enters around
+``torch.onnx.export``; torch's own :func:`torch.onnx.is_in_onnx_export` counts too) the real-layout transforms
+are emitted as matrix products with constant centered DFT matrices instead (:func:`centered_dft_matrix`): the
 same linear map to float32 rounding, which MLAS runs as GEMMs. Training, TorchScript and eager inference
 keep ``torch.fft``; the bundle's ONNX-vs-PyTorch parity check compares the two paths.
 
@@ -26,7 +27,9 @@ numpy FFT and must not pull torch in).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -141,8 +144,29 @@ def _dft2c_matmul(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     return along_h.transpose(-3, -2)
 
 
+_MATMUL_DFTS = False
+
+
+@contextlib.contextmanager
+def dfts_as_matmuls() -> Iterator[None]:
+    """Within the block the real-layout transforms (and :func:`kadapt.nn.physics.ky_projection`) run as
+    GEMMs with DFT matrices: what an ONNX export should trace. Explicit, because torch's export flag alone
+    was observed unset for some traces in a long-running process (the graph kept ``DFT`` nodes)."""
+    global _MATMUL_DFTS
+    previous, _MATMUL_DFTS = _MATMUL_DFTS, True
+    try:
+        yield
+    finally:
+        _MATMUL_DFTS = previous
+
+
+def matmul_dfts() -> bool:
+    """Whether DFTs are to be traced as matrix products now (see :func:`dfts_as_matmuls`)."""
+    return _MATMUL_DFTS or torch.onnx.is_in_onnx_export()
+
+
 def _fft2c_real(x: torch.Tensor, inverse: bool) -> torch.Tensor:
-    if torch.onnx.is_in_onnx_export():
+    if matmul_dfts():
         return _dft2c_matmul(x, inverse)
     # Shifts are rolls on the real tensor; the complex view lives only around the FFT call so the
     # exported graph has no complex tensors outside the DFT node.

@@ -7,8 +7,9 @@ inputs and on fresh random inputs of the same shapes; the worst relative L2 erro
 ``||file - torch|| / ||torch||`` goes into the :class:`ExportReport` (and from there into the manifest's
 validation metrics), and an export above ``tolerance`` raises :class:`kadapt.errors.BundleError`.
 
-ONNX goes through ``torch.onnx.export(..., dynamo=True)``: the FFTs in :mod:`kadapt.kspace.torch_fft`
-lower to ``DFT`` (opset 18) only on that path (handbook science.md). This module imports onnxruntime; the
+ONNX goes through ``torch.onnx.export(..., dynamo=True)`` inside
+:func:`kadapt.kspace.torch_fft.dfts_as_matmuls`: the FFTs become GEMMs with constant DFT matrices (ONNX
+Runtime's ``DFT`` kernel is slow on CPU). This module imports onnxruntime; the
 recon service and the trainer import it, the gateway never does.
 """
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from kadapt.bundles.manifest import TensorSpec, sha256_file
 from kadapt.errors import BundleError, InvalidInputError
+from kadapt.kspace.torch_fft import dfts_as_matmuls
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -280,7 +282,7 @@ def export_onnx(
             outputs = _as_outputs(model(*example_inputs))
         input_specs = _specs(input_names, example_inputs, "input")
         output_specs = _specs(output_names, outputs, "output")
-        with _quiet_torch_export():
+        with _quiet_torch_export(), dfts_as_matmuls():
             torch.onnx.export(
                 model,
                 example_inputs,

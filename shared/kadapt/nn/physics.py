@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from kadapt.errors import InvalidInputError
-from kadapt.kspace.torch_fft import dft_tensor, fft2c_real, ifft2c_real
+from kadapt.kspace.torch_fft import dft_tensor, fft2c_real, ifft2c_real, matmul_dfts
 
 __all__ = [
     "complex_abs",
@@ -174,7 +174,7 @@ def ky_projection(coil_images: Tensor, mask: Tensor) -> Tensor:
     Under ONNX export it is one GEMM with the per-item matrix ``G = D^H diag(m) D`` (``D`` the centered
     DFT matrix along W; ONNX Runtime's DFT kernel is slow, see :mod:`kadapt.kspace.torch_fft`).
     """
-    if torch.onnx.is_in_onnx_export():
+    if matmul_dfts():
         return _ky_projection_matmul(coil_images, mask)
     as_complex = torch.view_as_complex(coil_images.contiguous())
     kspace = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(as_complex, dim=-1), norm="ortho"), dim=-1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kadapt.errors import InvalidInputError
-from kadapt.kspace.torch_fft import fft2c, fft2c_real, ifft2c_real
+from kadapt.kspace.torch_fft import dfts_as_matmuls, fft2c, fft2c_real, ifft2c_real, matmul_dfts
 from kadapt.nn.physics import (
     complex_abs,
     complex_abs_sq,
@@ -186,7 +186,11 @@ def test_ky_projection_and_dfts_trace_to_matmuls_with_the_same_values_under_onnx
     coil_images, mask = _random((B, C, H, W, 2), generator), _line_mask(generator)
     eager_projection = ky_projection(coil_images, mask)
     eager_fft, eager_ifft = fft2c_real(coil_images), ifft2c_real(coil_images)
+    with dfts_as_matmuls():
+        assert matmul_dfts()
+        torch.testing.assert_close(ky_projection(coil_images, mask), eager_projection, rtol=0, atol=1e-12)
+        torch.testing.assert_close(fft2c_real(coil_images), eager_fft, rtol=0, atol=1e-12)
+        torch.testing.assert_close(ifft2c_real(coil_images), eager_ifft, rtol=0, atol=1e-12)
+    assert not matmul_dfts()
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    torch.testing.assert_close(ky_projection(coil_images, mask), eager_projection, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fft2c_real(coil_images), eager_fft, rtol=0, atol=1e-12)
-    torch.testing.assert_close(ifft2c_real(coil_images), eager_ifft, rtol=0, atol=1e-12)
+    assert matmul_dfts(), "torch's own export flag counts too"
