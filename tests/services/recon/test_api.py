@@ -141,6 +141,8 @@ async def test_workers_from_environment(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("KADAPT_RECON_BLOB_DIR", str(tmp_path / "blobs"))
     monkeypatch.setenv("KADAPT_RECON_BLOCK_MS", "20")
     monkeypatch.setenv("KADAPT_RECON_COIL_MAPS", "acs")
+    # An empty repository: the default (models/) now holds learned bundles, listed in /readyz.
+    monkeypatch.setenv("KADAPT_RECON_MODEL_REPOSITORY", str(tmp_path / "models"))
     settings = ReconSettings()
     assert (settings.workers, settings.redis_url, settings.max_deliveries, settings.coil_maps) == (
         2,
