@@ -99,19 +99,20 @@ def centered_dft_matrix(size: int, *, inverse: bool = False) -> NDArray[np.compl
     return _dft_matrix_numpy(size, inverse).copy()
 
 
-# One tensor per (size, inverse, dtype, device): an exported graph then holds each DFT matrix once as an
-# initializer, not once per call (a 5-unroll MoDL at W = 128 went from 15 MB to well under 1 MB).
-_DFT_TENSORS: dict[tuple[int, bool, torch.dtype, torch.device, str], torch.Tensor] = {}
+# Within one dfts_as_matmuls() block (one ONNX export) each DFT matrix is one tensor, so the graph holds it
+# once as an initializer, not once per call (a 5-unroll MoDL at W = 128 went from 15 MB to 2.4 MB). The
+# cache lives only for the block: tensors made while an exporter traces are fake and must not outlive it.
+_DFT_TENSORS: dict[tuple[int, bool, torch.dtype, torch.device, str], torch.Tensor] | None = None
 
 
 def dft_tensor(size: int, inverse: bool, like: torch.Tensor, form: str) -> torch.Tensor:
-    """The centered DFT matrix as a cached constant tensor of ``like``'s dtype and device.
+    """The centered DFT matrix as a constant tensor of ``like``'s dtype and device (one per export).
 
     ``form``: ``"re"`` / ``"im"`` for the ``(N, N)`` parts, or ``"block"`` for
     ``[[Re D^T, Im D^T], [-Im D^T, Re D^T]]`` ``(2N, 2N)`` (``[a | b] @ block == [Re | Im]`` of
     ``(a + ib) @ D^T`` for row vectors ``a``, ``b`` of length N)."""
     key = (size, inverse, like.dtype, like.device, form)
-    cached = _DFT_TENSORS.get(key)
+    cached = _DFT_TENSORS.get(key) if _DFT_TENSORS is not None else None
     if cached is None:
         matrix = _dft_matrix_numpy(size, inverse)
         if form == "re":
@@ -124,7 +125,8 @@ def dft_tensor(size: int, inverse: bool, like: torch.Tensor, form: str) -> torch
         else:
             raise InvalidInputError(f"dft_tensor form must be 're', 'im' or 'block', got {form!r}")
         cached = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-        _DFT_TENSORS[key] = cached
+        if _DFT_TENSORS is not None:
+            _DFT_TENSORS[key] = cached
     return cached
 
 
@@ -152,12 +154,13 @@ def dfts_as_matmuls() -> Iterator[None]:
     """Within the block the real-layout transforms (and :func:`kadapt.nn.physics.ky_projection`) run as
     GEMMs with DFT matrices: what an ONNX export should trace. Explicit, because torch's export flag alone
     was observed unset for some traces in a long-running process (the graph kept ``DFT`` nodes)."""
-    global _MATMUL_DFTS
-    previous, _MATMUL_DFTS = _MATMUL_DFTS, True
+    global _MATMUL_DFTS, _DFT_TENSORS
+    previous, outer_cache = _MATMUL_DFTS, _DFT_TENSORS
+    _MATMUL_DFTS, _DFT_TENSORS = True, {}
     try:
         yield
     finally:
-        _MATMUL_DFTS = previous
+        _MATMUL_DFTS, _DFT_TENSORS = previous, outer_cache
 
 
 def matmul_dfts() -> bool:
