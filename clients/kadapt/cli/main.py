@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kadapt.cli.common import console, fail, progress_bar
+from kadapt.cli.train import train_app
 from kadapt.errors import KadaptError
 
 if TYPE_CHECKING:
@@ -28,26 +28,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Offline data.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks with machine-readable (JSON) results.")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
-train_app = typer.Typer(no_args_is_help=True, help="Offline training: writes model bundles.")
-app.add_typer(train_app, name="train")
-console = Console(stderr=True)
-
 SERVICE_NAMES = ("gateway", "sampler", "recon")
-
-
-def _fail(error: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {error}")
-    return typer.Exit(code=2)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
 
 
 @data_app.command("build")
@@ -64,7 +45,7 @@ def data_build(
 
     started = time.perf_counter()
     try:
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("simulating volumes", total=None)
 
             def advance(done: int, total: int, *_: object) -> None:
@@ -74,7 +55,7 @@ def data_build(
                 out, n_volumes=n_volumes, size=size, coils=coils, seed=seed, progress=advance, overwrite=force
             )
     except KadaptError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     console.print(
         f"wrote {len(manifest.volumes)} volumes to {out} in {time.perf_counter() - started:.1f} s "
         f"({out / 'manifest.json'})"
@@ -97,12 +78,12 @@ def serve(
     import uvicorn
 
     if service not in SERVICE_NAMES:
-        raise _fail(ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICE_NAMES)}"))
+        raise fail(ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICE_NAMES)}"))
     if mrd_port is not None:
         if service != "gateway":
-            raise _fail(ValueError(f"--mrd-port {mrd_port}: only the gateway serves MRD, not {service!r}"))
+            raise fail(ValueError(f"--mrd-port {mrd_port}: only the gateway serves MRD, not {service!r}"))
         if not 0 <= mrd_port <= 65535:
-            raise _fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535)"))
+            raise fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535)"))
         # The app factory reads its settings from the environment (uvicorn imports it by name).
         os.environ["KADAPT_GATEWAY_MRD_PORT"] = str(mrd_port)
         os.environ["KADAPT_GATEWAY_MRD_HOST"] = host
@@ -132,7 +113,7 @@ def up(
     from kadapt.launcher.processes import ProcessStack
 
     if not 0 <= mrd_port <= 65535:
-        raise _fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535, 0 turns MRD off)"))
+        raise fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535, 0 turns MRD off)"))
     ports = {"gateway": gateway_port, "sampler": sampler_port, "recon": recon_port, "redis": redis_port}
     if mrd_port:
         ports["mrd"] = mrd_port
@@ -155,7 +136,7 @@ def up(
         stack.start()
     except KadaptError as error:
         stack.stop()
-        raise _fail(error) from error
+        raise fail(error) from error
     for name in (*SERVICE_NAMES, "redis"):
         console.print(f"{name:8s} {stack.url(name) if name != 'redis' else stack.redis_url}")
     if stack.mrd_port is not None:
@@ -191,17 +172,17 @@ def replay(
     from kadapt.replay.run import ReplaySettings
 
     if (gateway is None) == (not embedded):
-        raise _fail(ValueError("give exactly one of --gateway URL or --embedded"))
+        raise fail(ValueError("give exactly one of --gateway URL or --embedded"))
     for path in paths:
         if not path.is_file():
-            raise _fail(FileNotFoundError(f"no such file: {path}"))
+            raise fail(FileNotFoundError(f"no such file: {path}"))
     settings = ReplaySettings(
         policies=policy, recons=recon, accelerations=R, num_acs=num_acs, deadline_ms=deadline_ms, tr_ms=tr_ms
     )
     try:
         rows = asyncio.run(_replay(paths, settings, out, gateway, models))
     except KadaptError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     from kadapt.launcher.demo import print_table
 
     print_table(rows)
@@ -240,13 +221,13 @@ def demo(
     from kadapt.launcher.demo import run_demo
 
     if not 0 <= mrd_port <= 65535:
-        raise _fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535, 0 turns MRD off)"))
+        raise fail(ValueError(f"--mrd-port {mrd_port} is not a TCP port (0..65535, 0 turns MRD off)"))
     try:
         rows = run_demo(
             out=out, data=data, volumes=volumes, models=models, console=console, mrd_port=mrd_port or None
         )
     except KadaptError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     console.print(f"report: {out / 'report.json'} ({len(rows)} rows), figures in {out / 'figures'}")
 
 
@@ -261,7 +242,7 @@ def bench_ingest(
     try:
         result = run_ingest_benchmark(quick=quick, console=console)
     except KadaptError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -279,7 +260,7 @@ def bench_plan_latency(
     try:
         result = run_plan_latency_benchmark(quick=quick, console=console, threads=threads)
     except KadaptError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -318,7 +299,7 @@ def bench_recon_command(
         except ValueError:
             extra_bundles.append(Path(value))
     if (extra_rates and not accelerations) or (extra_bundles and not bundles):
-        raise _fail(ValueError(f"unexpected arguments {ctx.args}: only --R and --bundles take more values"))
+        raise fail(ValueError(f"unexpected arguments {ctx.args}: only --R and --bundles take more values"))
     settings = BenchSettings(
         data=data,
         bundles=tuple(bundles or ()) + tuple(extra_bundles),
@@ -330,189 +311,20 @@ def bench_recon_command(
         seed=seed,
     )
     try:
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("bench recon", total=None)
             result = run_recon_benchmark(
                 settings, progress=lambda what: progress.update(task, advance=1, description=what)
             )
     except KadaptError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     RichConsole(width=160).print(result_table(result))
     console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
 
 
-@train_app.command("recon", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
-def train_recon_command(
-    ctx: typer.Context,
-    model: Annotated[str, typer.Option(help="unet | modl | vsharp")],
-    data: Annotated[Path, typer.Option(help="dataset directory (kadapt data build)")],
-    out: Annotated[Path, typer.Option(help="bundle to write: REPOSITORY/NAME/VERSION")],
-    accelerations: Annotated[list[float], typer.Option("--R", help="accelerations, e.g. --R 4 8")],
-    masks: Annotated[str, typer.Option(help="comma-separated 1D mask families")] = "vd-random,equispaced",
-    quick: Annotated[bool, typer.Option(help="a few steps with tiny models (tests)")] = False,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML or TOML config (default: the model's own YAML)")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="override the config's epochs")] = None,
-    steps_per_epoch: Annotated[int | None, typer.Option(help="override steps per epoch")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="override the batch size")] = None,
-    lr: Annotated[float | None, typer.Option(help="override the learning rate")] = None,
-    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 16)")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
-    runs: Annotated[
-        Path | None, typer.Option(help="checkpoints + TensorBoard (default runs/NAME/VERSION)")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="continue from RUNS/last.pt")] = False,
-    init: Annotated[
-        Path | None, typer.Option(help="start from this checkpoint's weights (best.pt / last.pt)")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="seed of masks, batches and initialisation")] = 0,
-    smp: Annotated[bool, typer.Option(help="refine the ACS maps with the SMP inside the model")] = False,
-) -> None:
-    """Train a reconstruction model on the train split, validate on val, export the best as a bundle.
-
-    Several processes / GPUs: torchrun --standalone --nproc_per_node N -m kadapt.cli.main train recon ...
-    """
-    from kadapt.trainer.config import make_config
-    from kadapt.trainer.loop import train_recon
-
-    try:
-        # `--R 4 8`: click leaves the values after the first as extra arguments.
-        extra = [float(value) for value in ctx.args]
-    except ValueError as error:
-        raise _fail(
-            ValueError(f"unexpected arguments {ctx.args}: only accelerations may follow --R")
-        ) from error
-    try:
-        settings = make_config(
-            model,
-            data,
-            tuple(accelerations) + tuple(extra),
-            tuple(name.strip() for name in masks.split(",") if name.strip()),
-            out,
-            runs=runs,
-            quick=quick,
-            config_file=config,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            lr=lr,
-            num_acs=num_acs,
-            device=device,
-            resume=resume,
-            init_from=init,
-            seed=seed,
-            smp=smp,
-        )
-        result = train_recon(settings, console=console)
-    except KadaptError as error:
-        raise _fail(error) from error
-    if result.rank != 0:  # under torchrun rank 0 reports
-        return
-    console.print(
-        f"wrote {result.bundle.path} (epochs {result.first_epoch}..{result.epochs_completed}, best epoch "
-        f"{result.best_epoch}, mean val SSIM {result.best_ssim:.4f}) in {result.seconds:.1f} s"
-    )
-
-
-@train_app.command("sampler", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
-def train_sampler_command(
-    ctx: typer.Context,
-    method: Annotated[str, typer.Option(help="mnet | loupe | energy-density")],
-    data: Annotated[Path, typer.Option(help="dataset directory (kadapt data build)")],
-    out: Annotated[Path, typer.Option(help="bundle to write: REPOSITORY/NAME/VERSION (serves every --R)")],
-    accelerations: Annotated[list[float], typer.Option("--R", help="accelerations, e.g. --R 4 8")],
-    labels: Annotated[str | None, typer.Option(help="mnet: mask-backward | icd")] = None,
-    label_cache: Annotated[Path | None, typer.Option(help="mnet: label cache (read, or written)")] = None,
-    recon: Annotated[str, typer.Option(help="'unet' (co-trained) or a recon bundle REPO/NAME/VER")] = "unet",
-    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 16)")] = None,
-    quick: Annotated[bool, typer.Option(help="a few steps with tiny models (tests)")] = False,
-    config: Annotated[Path | None, typer.Option(help="YAML or TOML config (default: the method's)")] = None,
-    epochs: Annotated[int | None, typer.Option(help="override the config's epochs")] = None,
-    steps_per_epoch: Annotated[int | None, typer.Option(help="override steps per epoch")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="override the batch size")] = None,
-    fallback: Annotated[str | None, typer.Option(help="mnet: policy served when it cannot answer")] = None,
-    runs: Annotated[
-        Path | None, typer.Option(help="checkpoints + TensorBoard (default runs/NAME/VERSION)")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="continue from RUNS/last.pt")] = False,
-    seed: Annotated[int, typer.Option(help="seed of batches, masks and initialisation")] = 0,
-) -> None:
-    """Train a sampler (MNet from labels, LOUPE) or compute the energy-density mask; write its bundle."""
-    from kadapt.trainer.sampler_config import make_sampler_config
-    from kadapt.trainer.sampler_train import train_sampler
-
-    try:
-        extra = [float(value) for value in ctx.args]  # `--R 4 8`: click leaves 8 as an extra argument
-    except ValueError as error:
-        raise _fail(
-            ValueError(f"unexpected arguments {ctx.args}: only accelerations may follow --R")
-        ) from error
-    try:
-        settings = make_sampler_config(
-            method, data, tuple(accelerations) + tuple(extra), out, labels=labels, label_cache=label_cache,
-            recon=recon, runs=runs, quick=quick, config_file=config, epochs=epochs,
-            steps_per_epoch=steps_per_epoch, batch_size=batch_size, num_acs=num_acs, fallback=fallback,
-            resume=resume, seed=seed,
-        )  # fmt: skip
-        result = train_sampler(settings, console=console)
-    except KadaptError as error:
-        raise _fail(error) from error
-    console.print(
-        f"wrote {result.bundle.path} ({result.method}, epochs {result.first_epoch}.."
-        f"{result.epochs_completed}, best epoch {result.best_epoch}, mean val SSIM of the served plans "
-        f"{result.best_score:.4f}) in {result.seconds:.1f} s"
-    )
-
-
-@train_app.command("labels", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
-def train_labels_command(
-    ctx: typer.Context,
-    method: Annotated[str, typer.Option(help="mask-backward (seed 000 Alg. 1) | icd (seed 001, SUNO)")],
-    data: Annotated[Path, typer.Option(help="dataset directory (kadapt data build)")],
-    accelerations: Annotated[list[float], typer.Option("--R", help="accelerations, e.g. --R 4 8")],
-    cache: Annotated[Path, typer.Option(help="label cache directory (CACHE/SPLIT/<method>-R<R>-...h5)")],
-    split: Annotated[str, typer.Option(help="split whose slices get labels")] = "train",
-    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 16)")] = None,
-    quick: Annotated[bool, typer.Option(help="CI-sized: 4 slices, few steps, tiny U-Net")] = False,
-    loss: Annotated[str, typer.Option(help="icd: nrmse | ssim | nmae | hfen")] = "nrmse",
-    max_slices: Annotated[int | None, typer.Option(help="label at most this many slices")] = None,
-    seed: Annotated[int, typer.Option(help="seed of start masks, batches and initialisation")] = 0,
-    threads: Annotated[int | None, typer.Option(help="torch intra-op threads (default: torch's)")] = None,
-) -> None:
-    """Generate (or find in the cache) one binary line mask per slice of a split, for each R."""
-    import torch
-    from rich.progress import TaskID
-
-    from kadapt.trainer.labels import QUICK_SLICES, label_dataset, make_labels
-
-    try:
-        extra = [float(value) for value in ctx.args]  # `--R 4 8`: click leaves 8 as an extra argument
-    except ValueError as error:
-        raise _fail(
-            ValueError(f"unexpected arguments {ctx.args}: only accelerations may follow --R")
-        ) from error
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
-    try:
-        dataset = label_dataset(data, split, num_acs, max_slices or (QUICK_SLICES if quick else None))
-        for acceleration in tuple(accelerations) + tuple(extra):
-            with _progress() as progress:
-                task = progress.add_task(f"{method} labels R={acceleration:g}", total=None)
-
-                def advance(done: int, total: int, task: TaskID = task) -> None:
-                    progress.update(task, completed=done, total=total)
-
-                run = make_labels(
-                    method, dataset, split=split, acceleration=acceleration, num_acs=dataset.num_acs,
-                    cache_dir=cache, seed=seed, quick=quick,
-                    overrides={"loss": loss} if method == "icd" else None, progress=advance,
-                )  # fmt: skip
-            typer.echo(run.summary())
-    except KadaptError as error:
-        raise _fail(error) from error
+app.add_typer(train_app, name="train")
 
 
 if __name__ == "__main__":
