@@ -132,11 +132,13 @@ def read_config_document(path: Path) -> dict[str, Any]:
     return cast(dict[str, Any], loaded)
 
 
-def _section(document: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+def config_section(document: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    """A copy of the mapping ``name`` of a config document (``{}`` when absent); InvalidInputError naming
+    the file when it is not a mapping."""
     value = document.get(name) or {}
     if not isinstance(value, dict):
         raise InvalidInputError(f"config {path}: section {name!r} must be a mapping, got {value!r}")
-    return cast(dict[str, Any], value)
+    return dict(cast(dict[str, Any], value))
 
 
 def _positive(name: str, value: int | float) -> None:
@@ -144,8 +146,8 @@ def _positive(name: str, value: int | float) -> None:
         raise InvalidInputError(f"{name} must be > 0, got {value}")
 
 
-def _check_out(out: Path) -> None:
-    # REPO/NAME/VERSION: NAME and VERSION become the manifest's name and version.
+def check_bundle_out(out: Path) -> None:
+    """``--out`` must be REPO/NAME/VERSION: NAME and VERSION become the manifest's name and version."""
     name, version = out.parent.name, out.name
     if not re.match(BUNDLE_NAME_PATTERN, name) or not re.match(BUNDLE_VERSION_PATTERN, version):
         raise InvalidInputError(
@@ -203,24 +205,24 @@ def make_config(
         raise NotFoundError(f"data directory {data} does not exist")
     _check_masks(masks)
     out = Path(out)
-    _check_out(out)
+    check_bundle_out(out)
     if device not in ("cpu", "cuda"):
         raise InvalidInputError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if seed < 0:
         raise InvalidInputError(f"seed must be >= 0, got {seed}")
     path = Path(config_file) if config_file is not None else CONFIG_DIR / f"{model}.yaml"
     document = read_config_document(path)
-    params = dict(_section(document, "model", path))
+    params = dict(config_section(document, "model", path))
     if quick:
-        params.update(_section(document, "quick_model", path))
+        params.update(config_section(document, "quick_model", path))
     smp_params: dict[str, Any] = {}
     if smp:
-        smp_params = dict(_section(document, "smp", path))
+        smp_params = dict(config_section(document, "smp", path))
         if quick:
-            smp_params.update(_section(document, "quick_smp", path))
-    optimiser = _section(document, "optimiser", path)
-    loss = _section(document, "loss", path)
-    training = dict(_section(document, "training", path))
+            smp_params.update(config_section(document, "quick_smp", path))
+    optimiser = config_section(document, "optimiser", path)
+    loss = config_section(document, "loss", path)
+    training = dict(config_section(document, "training", path))
     if quick:
         training.update(QUICK_TRAINING)
     overrides = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size}

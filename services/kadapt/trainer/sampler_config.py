@@ -16,7 +16,6 @@ TorchScript kept frozen.
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,11 @@ from pydantic import JsonValue
 from torch import Tensor, nn
 
 from kadapt.bundles import load_bundle
-from kadapt.bundles.manifest import BUNDLE_NAME_PATTERN, BUNDLE_VERSION_PATTERN
 from kadapt.errors import GeometryMismatchError, InvalidAccelerationError, InvalidInputError, NotFoundError
 from kadapt.masks import mask_families
 from kadapt.nn.physics import sense_adjoint
 from kadapt.nn.unet import UNetRecon
-from kadapt.trainer.config import CONFIG_DIR, read_config_document
+from kadapt.trainer.config import CONFIG_DIR, check_bundle_out, config_section, read_config_document
 
 SamplerMethod = Literal["mnet", "loupe", "energy-density"]
 SAMPLER_METHODS: tuple[str, ...] = get_args(SamplerMethod)
@@ -115,27 +113,16 @@ class SamplerTrainConfig:
         return self.recon == CO_TRAINED_RECON
 
 
-def _section(document: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
-    value = document.get(name) or {}
-    if not isinstance(value, dict):
-        raise InvalidInputError(f"config {path}: section {name!r} must be a mapping, got {value!r}")
-    return dict(cast(dict[str, Any], value))
-
-
 def _merged(document: dict[str, Any], name: str, path: Path, quick: bool) -> dict[str, Any]:
-    merged = _section(document, name, path)
+    merged = config_section(document, name, path)
     if quick:
-        merged.update(_section(document, f"quick_{name}", path))
+        merged.update(config_section(document, f"quick_{name}", path))
     return merged
 
 
 def _check_out(out: Path) -> None:
-    name, version = out.parent.name, out.name
-    if not re.match(BUNDLE_NAME_PATTERN, name) or not re.match(BUNDLE_VERSION_PATTERN, version):
-        raise InvalidInputError(
-            f"--out {out} must be REPOSITORY/NAME/VERSION with a lowercase NAME ({BUNDLE_NAME_PATTERN}) and "
-            f"a VERSION matching {BUNDLE_VERSION_PATTERN}; got name {name!r}, version {version!r}"
-        )
+    check_bundle_out(out)
+    name = out.parent.name
     # The sampler serves a bundle under its name next to the mask families and refuses a clash.
     if name in mask_families():
         raise InvalidInputError(
@@ -146,8 +133,8 @@ def _check_out(out: Path) -> None:
 
 def _label_settings(document: dict[str, Any], path: Path, quick: bool) -> dict[str, Any]:
     # labels: {mask-backward: {...}, icd: {...}}; quick_labels merged per method.
-    base = _section(document, "labels", path)
-    quick_part = _section(document, "quick_labels", path) if quick else {}
+    base = config_section(document, "labels", path)
+    quick_part = config_section(document, "quick_labels", path) if quick else {}
     settings: dict[str, Any] = {}
     for method in LABEL_METHODS:
         entry = dict(base.get(method) or {})
@@ -217,17 +204,17 @@ def make_sampler_config(
         path = Path(config_file) if config_file is not None else CONFIG_DIR / f"{method}.yaml"
         document = read_config_document(path)
     where = path or Path("<no config>")
-    training = _section(document, "training", where)
+    training = config_section(document, "training", where)
     if quick:
         training.update(QUICK_TRAINING)
     overrides = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size}
     training.update({key: value for key, value in overrides.items() if value is not None})
-    optimiser = _section(document, "optimiser", where)
-    loss = _section(document, "loss", where)
+    optimiser = config_section(document, "optimiser", where)
+    loss = config_section(document, "loss", where)
     model_params = _merged(document, "model", where, quick)
     if "channels" in model_params:  # YAML lists; MNet takes a tuple
         model_params["channels"] = tuple(int(c) for c in model_params["channels"])
-    loupe = _section(document, "loupe", where)
+    loupe = config_section(document, "loupe", where)
     if method == "loupe" and loupe.get("binariser", "bernoulli") not in LOUPE_BINARISERS:
         raise InvalidInputError(
             f"config {where}: unknown loupe.binariser {loupe.get('binariser')!r}; "
