@@ -147,14 +147,22 @@ def start_distributed(context: DistributedContext, device_name: str) -> tuple[to
 def stop_distributed(owns_group: bool, *, failed: bool = False) -> None:
     """Destroy the process group :func:`start_distributed` created (no-op otherwise).
 
-    After a failure (``failed``) an ``nccl`` group is left alone: its destroy is collective and would hang
-    while the other ranks wait in a collective; torchrun ends them once this rank exits. A ``gloo`` group
-    is torn down locally either way (an undestroyed gloo group aborts the interpreter at exit).
+    After a success every rank meets at a barrier first. After a failure (``failed``) an ``nccl`` group
+    is left alone: its destroy is collective and would hang while the other ranks wait in a collective;
+    torchrun ends them once this rank exits. A ``gloo`` group is torn down locally without the barrier
+    (an undestroyed gloo group aborts the interpreter at exit).
     """
     if not owns_group or not distributed.is_initialized():
         return
-    if failed and distributed.get_backend() != "gloo":
-        return
+    if failed:
+        if distributed.get_backend() != "gloo":
+            return
+    else:
+        # All ranks arrive before any tears its connections down. Without this barrier a rank that
+        # finished the last collective first could close its gloo pairs while a peer was still
+        # finishing that collective's sends. CI once saw one rank of the two-rank probe abort (SIGABRT)
+        # at this point.
+        distributed.barrier()
     distributed.destroy_process_group()
 
 

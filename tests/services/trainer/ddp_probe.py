@@ -25,6 +25,7 @@ from kadapt.trainer.loop import TrainingForward, training_loss
 def main(data: Path) -> None:
     context = context_from_environment()
     device, owns_group = start_distributed(context, "cpu")
+    failed = True
     try:
         config = make_config(
             "vsharp",
@@ -58,8 +59,9 @@ def main(data: Path) -> None:
         gathered = gather_objects({"losses": losses, "checksums": checksums, "initial": initial}, context)
         if context.is_main:
             sys.stdout.write(json.dumps({"world_size": context.world_size, "ranks": gathered}) + "\n")
+        failed = False
     finally:
-        stop_distributed(owns_group)
+        stop_distributed(owns_group, failed=failed)
 
 
 if __name__ == "__main__":
