@@ -23,7 +23,16 @@ def train_recon_command(
     data: Annotated[Path, typer.Option(help="dataset directory (kadapt data build)")],
     out: Annotated[Path, typer.Option(help="bundle to write: REPOSITORY/NAME/VERSION")],
     accelerations: Annotated[list[float], typer.Option("--R", help="accelerations, e.g. --R 4 8")],
-    masks: Annotated[str, typer.Option(help="comma-separated 1D mask families")] = "vd-random,equispaced",
+    masks: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated 1D mask families (default vd-random,equispaced; none with --policy)"
+        ),
+    ] = None,
+    policy: Annotated[
+        list[Path] | None,
+        typer.Option(help="sampler bundle REPO/NAME/VERSION (mnet / fixed-mask) whose plans to train on"),
+    ] = None,
     quick: Annotated[bool, typer.Option(help="a few steps with tiny models (tests)")] = False,
     config: Annotated[
         Path | None, typer.Option(help="YAML or TOML config (default: the model's own YAML)")
@@ -46,12 +55,17 @@ def train_recon_command(
 ) -> None:
     """Train a reconstruction model on the train split, validate on val, export the best as a bundle.
 
+    --policy BUNDLE (repeatable) trains on the masks a sampler bundle serves for each slice (post-training
+    on MNet masks); with --masks too, every batch draws its source among families and policies.
+
     Several processes / GPUs: torchrun --standalone --nproc_per_node N -m kadapt.cli.main train recon ...
     """
     from kadapt.trainer.config import make_config
     from kadapt.trainer.loop import train_recon
 
     extra = extra_accelerations(ctx)
+    if masks is None:
+        masks = "" if policy else "vd-random,equispaced"
     try:
         settings = make_config(
             model,
@@ -72,6 +86,7 @@ def train_recon_command(
             init_from=init,
             seed=seed,
             smp=smp,
+            policies=tuple(policy) if policy else None,
         )
         result = train_recon(settings, console=console)
     except KadaptError as error:

@@ -6,9 +6,9 @@ over ``model`` by ``--quick``), ``smp`` (keyword arguments of
 ``smp`` by ``--quick``), ``optimiser`` (Adam ``lr``, ``weight_decay``, ``schedule`` ``constant`` |
 ``cosine``), ``loss`` (a :class:`kadapt.nn.losses.DualDomainLoss` ``preset`` plus ``weights``
 overrides) and ``training`` (``epochs``, ``steps_per_epoch``, ``batch_size``, optional ``num_acs``,
-``val_slices``). ``--config FILE`` reads ``.yaml`` / ``.yml`` (PyYAML) or ``.toml`` (``tomllib``) with
-the same schema (TOML tables ``[model]``, ``[loss.weights]``, ...). Flags given on the command line win
-over the file; ``--quick`` wins over the file's training section.
+``val_slices``, ``policies``). ``--config FILE`` reads ``.yaml`` / ``.yml`` (PyYAML) or ``.toml``
+(``tomllib``) with the same schema (TOML tables ``[model]``, ``[loss.weights]``, ...). Flags given on the
+command line win over the file; ``--quick`` wins over the file's training section.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from kadapt.nn.modl import MoDL
 from kadapt.nn.smp import SensitivityMapPredictor, SensitivityRefinedRecon
 from kadapt.nn.unet import UNetRecon
 from kadapt.nn.vsharp import VSharp2D
+from kadapt.trainer.policy_masks import check_policy_paths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,7 +57,9 @@ class TrainConfig:
     """Everything one ``kadapt train recon`` run needs, validated.
 
     ``out`` is ``REPOSITORY/NAME/VERSION`` of the bundle to write; ``runs`` holds checkpoints and
-    TensorBoard logs; ``num_acs`` ``None`` means ``W // 16`` of the data (8 at W = 128). ``smp`` wraps the
+    TensorBoard logs; ``num_acs`` ``None`` means ``W // 16`` of the data (8 at W = 128). ``policies`` are
+    sampler bundle directories (``mnet`` / ``fixed-mask``) whose served plans are mask sources beside the
+    ``masks`` families (:mod:`kadapt.trainer.policy_masks`). ``smp`` wraps the
     model in :class:`SensitivityRefinedRecon` built from ``smp_params`` (the config's ``smp`` section,
     ``quick_smp`` merged over it by ``--quick``; empty when ``smp`` is off).
     """
@@ -87,6 +90,7 @@ class TrainConfig:
     config_file: Path = field(default=CONFIG_DIR / "unet.yaml")
     smp: bool = False
     smp_params: dict[str, Any] = field(default_factory=dict)
+    policies: tuple[Path, ...] = ()
 
     @property
     def repository(self) -> Path:
@@ -157,8 +161,6 @@ def check_bundle_out(out: Path) -> None:
 
 
 def _check_masks(masks: tuple[str, ...]) -> None:
-    if not masks:
-        raise InvalidInputError("at least one mask family is needed (--masks)")
     for family in masks:
         spec = get_family(family)  # UnknownMaskFamilyError names it
         if spec.dims != "1d":
@@ -187,11 +189,15 @@ def make_config(
     init_from: Path | None = None,
     seed: int = 0,
     smp: bool = False,
+    policies: tuple[Path, ...] | None = None,
 ) -> TrainConfig:
     """Validate the inputs, read the YAML / TOML config (default ``configs/<model>.yaml``), apply overrides.
 
-    Raises :class:`InvalidInputError` (unknown model, bad sizes, bad ``out``, 2D mask family),
-    :class:`InvalidAccelerationError` (an R <= 1), :class:`NotFoundError` (missing data dir or config).
+    ``policies`` (``--policy``, any number) replace the config's ``training.policies`` list when given.
+
+    Raises :class:`InvalidInputError` (unknown model, bad sizes, bad ``out``, 2D mask family, a policy
+    bundle of another kind or a duplicate name), :class:`InvalidAccelerationError` (an R <= 1, an R a
+    policy was not trained for), :class:`NotFoundError` (missing data dir, config or policy bundle).
     """
     if model not in MODEL_KINDS:
         raise InvalidInputError(f"unknown model {model!r}; choose one of {list(MODEL_KINDS)}")
@@ -223,6 +229,11 @@ def make_config(
     optimiser = config_section(document, "optimiser", path)
     loss = config_section(document, "loss", path)
     training = dict(config_section(document, "training", path))
+    if policies is None:
+        policies = _policy_list(path, training.get("policies"))
+    if not masks and not policies:
+        raise InvalidInputError("at least one mask family (--masks) or sampler bundle (--policy) is needed")
+    check_policy_paths(policies, accelerations, masks)
     if quick:
         training.update(QUICK_TRAINING)
     overrides = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size}
@@ -263,6 +274,7 @@ def make_config(
         config_file=path,
         smp=smp,
         smp_params=smp_params,
+        policies=tuple(Path(policy) for policy in policies),
     )
     for name in ("epochs", "steps_per_epoch", "batch_size", "lr"):
         _positive(name, getattr(config, name))
@@ -304,6 +316,16 @@ def build_loss(preset: str, weights: dict[str, float]) -> DualDomainLoss:
     merged["kspace_weight"] = merged.pop("kspace_nmae_weight")
     merged.update(weights)
     return DualDomainLoss(**merged)
+
+
+def _policy_list(path: Path, value: object) -> tuple[Path, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+        raise InvalidInputError(
+            f"config {path}: training.policies must be a list of bundle paths, got {value!r}"
+        )
+    return tuple(Path(entry) for entry in value)
 
 
 def _schedule(path: Path, value: object) -> LrSchedule:

@@ -16,8 +16,10 @@ Each slice is prepared once, in the scale the exported bundle sees (the bundle c
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,14 +30,18 @@ from kadapt.errors import InvalidInputError
 from kadapt.fastmri.files import read_fastmri
 from kadapt.kspace.coils import acs_sensitivities, rss, sense_combine
 from kadapt.kspace.fft import fft2c, ifft2c
-from kadapt.kspace.preprocess import acs_scale
+from kadapt.kspace.preprocess import acs_block, acs_scale
 from kadapt.masks import line_budget, make_mask
 
 
 @dataclass(frozen=True)
 class PreparedSlice:
     """One slice: normalised fully sampled ``kspace (C, H, W)`` complex64, ACS maps ``sens (C, H, W)``,
-    normalised RSS ``target (H, W)`` complex64 (SENSE phase), and the ACS ``scale`` it was divided by."""
+    normalised RSS ``target (H, W)`` complex64 (SENSE phase), and the ACS ``scale`` it was divided by.
+
+    ``acs`` is the ACS block ``(C, H, num_acs)`` of the k-space as read, before normalisation -- what a
+    scanner sends the sampler (``--policy`` plans are computed from it); ``None`` for derived slices
+    (flipped), whose ACS is ``acs_block(kspace) * scale``."""
 
     volume: str
     slice_index: int
@@ -43,6 +49,13 @@ class PreparedSlice:
     sens: NDArray[np.complex64]
     target: NDArray[np.complex64]
     scale: float
+    acs: NDArray[np.complex64] | None = None
+
+    def raw_acs(self, num_acs: int) -> NDArray[np.complex64]:
+        """The ACS block ``(C, H, num_acs)`` on the data's own scale (see ``acs``)."""
+        if self.acs is not None and self.acs.shape[-1] == num_acs:
+            return self.acs
+        return (acs_block(self.kspace, num_acs) * np.float32(self.scale)).astype(np.complex64)
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,8 @@ def prepare_slice(
     coil_images = ifft2c(normalised)
     phase = np.exp(1j * np.angle(sense_combine(coil_images, sens)))
     target = (rss(coil_images) * phase).astype(np.complex64)
-    return PreparedSlice(volume, slice_index, normalised, sens, target, scale)
+    acs = np.ascontiguousarray(acs_block(kspace, num_acs), dtype=np.complex64)
+    return PreparedSlice(volume, slice_index, normalised, sens, target, scale, acs)
 
 
 class SliceDataset:
@@ -136,18 +150,43 @@ def make_batch(items: list[PreparedSlice], masks: NDArray[np.bool_]) -> Batch:
     )
 
 
+#: Image-domain flips of a slice: ``(along the readout H, along the phase encode W)``.
+Flips = tuple[bool, bool]
+NO_FLIPS: Flips = (False, False)
+ALL_FLIPS: tuple[Flips, ...] = ((False, False), (False, True), (True, False), (True, True))
+
+
+def draw_flips(rng: np.random.Generator) -> Flips:
+    """Each flip with probability 1/2 (two uniforms from ``rng``)."""
+    flips = rng.random(2) < 0.5
+    return (bool(flips[0]), bool(flips[1]))
+
+
+def flip_kspace(kspace: NDArray[np.complex64], flips: Flips) -> NDArray[np.complex64]:
+    """k-space ``(..., H, W)`` of the image mirrored along H and / or W (``flips``)."""
+    axes = tuple(axis for axis, flip in zip((-2, -1), flips, strict=True) if flip)
+    if not axes:
+        return kspace
+    return fft2c(np.flip(ifft2c(kspace), axis=axes)).astype(np.complex64)
+
+
+def flip_slice(item: PreparedSlice, flips: Flips) -> PreparedSlice:
+    """``item`` mirrored in the image domain along the readout H and / or the phase encode W: k-space
+    through the coil images, maps and target flipped alike (``item`` itself for :data:`NO_FLIPS`)."""
+    axes = tuple(axis for axis, flip in zip((-2, -1), flips, strict=True) if flip)
+    if not axes:
+        return item
+    kspace = flip_kspace(item.kspace, flips)
+    sens = np.ascontiguousarray(np.flip(item.sens, axis=axes))
+    target = np.ascontiguousarray(np.flip(item.target, axis=axes))
+    return PreparedSlice(item.volume, item.slice_index, kspace, sens, target, item.scale)
+
+
 def random_flip(item: PreparedSlice, rng: np.random.Generator) -> PreparedSlice:
     """``item`` mirrored in the image domain along the readout H and / or the phase encode W (each with
     probability 1/2, drawn from ``rng``): k-space through the coil images, maps and target flipped alike.
     A data augmentation for the small simulated training set (80 slices by default)."""
-    flips = rng.random(2) < 0.5
-    axes = tuple(axis for axis, flip in zip((-2, -1), flips, strict=True) if flip)
-    if not axes:
-        return item
-    kspace = fft2c(np.flip(ifft2c(item.kspace), axis=axes)).astype(np.complex64)
-    sens = np.ascontiguousarray(np.flip(item.sens, axis=axes))
-    target = np.ascontiguousarray(np.flip(item.target, axis=axes))
-    return PreparedSlice(item.volume, item.slice_index, kspace, sens, target, item.scale)
+    return flip_slice(item, draw_flips(rng))
 
 
 def check_budgets(width: int, accelerations: tuple[float, ...], num_acs: int) -> None:
@@ -157,9 +196,26 @@ def check_budgets(width: int, accelerations: tuple[float, ...], num_acs: int) ->
         line_budget(width, acceleration, num_acs)
 
 
+#: A training item's identity for per-slice masks: (index into the dataset's slices, its flips).
+SliceKey = tuple[int, Flips]
+
+
+class SlicePlans(Protocol):
+    """Per-slice masks of one sampler policy (``kadapt.trainer.policy_masks.PolicyPlans``)."""
+
+    def masks(self, keys: Sequence[SliceKey], acceleration: float) -> NDArray[np.bool_]:
+        """``(len(keys), W)`` bool: the policy's plan for each slice (and flips) at R."""
+        ...
+
+
 class MaskSampler:
-    """Draws the masks of a training batch: one family and one R per batch (uniformly from the lists),
-    an independent mask per item, all from the explicit generator ``rng``."""
+    """Draws the masks of a training batch: one source and one R per batch (uniformly from the lists),
+    a mask per item, all from the explicit generator ``rng``.
+
+    Sources are the mask ``families`` (an independent draw per item) followed by the sampler
+    ``policies`` (name -> :class:`SlicePlans`: the policy's plan for each item's slice, no draw).
+    With families only, the generator's stream is what it was before policies existed.
+    """
 
     def __init__(
         self,
@@ -168,26 +224,65 @@ class MaskSampler:
         width: int,
         num_acs: int,
         rng: np.random.Generator,
+        policies: Mapping[str, SlicePlans] | None = None,
     ) -> None:
         self.families = families
+        self.policies: dict[str, SlicePlans] = dict(policies or {})
+        self.sources: tuple[str, ...] = (*families, *self.policies)
+        if not self.sources:
+            raise InvalidInputError("no mask source: give mask families and / or sampler policies")
         self.accelerations = accelerations
         self.width = width
         self.num_acs = num_acs
         self.rng = rng
 
-    def draw(self, batch: int) -> tuple[str, float, NDArray[np.bool_]]:
-        """``(family, R, masks (batch, W) bool)``."""
-        family = self.families[int(self.rng.integers(len(self.families)))]
+    def choose(self) -> tuple[str, float]:
+        """``(source, R)`` of the next batch."""
+        source = self.sources[int(self.rng.integers(len(self.sources)))]
         acceleration = self.accelerations[int(self.rng.integers(len(self.accelerations)))]
+        return source, acceleration
+
+    def masks(
+        self, source: str, acceleration: float, batch: int, keys: Sequence[SliceKey] | None = None
+    ) -> NDArray[np.bool_]:
+        """``(batch, W)`` bool: a family's independent draws, or a policy's plans for ``keys``."""
+        if source in self.policies:
+            if keys is None or len(keys) != batch:
+                raise InvalidInputError(f"policy {source!r} needs one slice key per item ({batch})")
+            return self.policies[source].masks(keys, acceleration)
         masks = make_mask(
-            family,
+            source,
             width=self.width,
             acceleration=acceleration,
             num_acs=self.num_acs,
             rng=self.rng,
             batch=batch,
         )
-        return family, acceleration, np.asarray(masks, dtype=bool).reshape(batch, self.width)
+        return np.asarray(masks, dtype=bool).reshape(batch, self.width)
+
+    def draw(self, batch: int) -> tuple[str, float, NDArray[np.bool_]]:
+        """``(family, R, masks (batch, W) bool)`` for families only (policies need slice keys)."""
+        source, acceleration = self.choose()
+        return source, acceleration, self.masks(source, acceleration, batch)
+
+
+def draw_batch(
+    dataset: SliceDataset,
+    sampler: MaskSampler,
+    batch_size: int,
+    rng: np.random.Generator,
+    augment_rng: np.random.Generator | None,
+) -> tuple[str, float, list[PreparedSlice], NDArray[np.bool_]]:
+    """One training batch: slices picked from ``rng`` (with replacement only when the split is smaller
+    than the batch), the sampler's source and R, flips from ``augment_rng`` (``None``: no
+    augmentation), and the masks -- a policy's plan of each item's own (flipped) slice.
+    Returns ``(source, R, items, masks (B, W))``."""
+    picks = rng.choice(len(dataset), size=batch_size, replace=len(dataset) < batch_size)
+    source, acceleration = sampler.choose()
+    flips = [draw_flips(augment_rng) if augment_rng is not None else NO_FLIPS for _ in picks]
+    items = [flip_slice(dataset.slices[int(i)], f) for i, f in zip(picks, flips, strict=True)]
+    keys = [(int(i), f) for i, f in zip(picks, flips, strict=True)]
+    return source, acceleration, items, sampler.masks(source, acceleration, batch_size, keys)
 
 
 def validation_masks(

@@ -43,8 +43,8 @@ from kadapt.trainer.data import (
     SliceDataset,
     check_budgets,
     default_num_acs,
+    draw_batch,
     make_batch,
-    random_flip,
     validation_masks,
 )
 from kadapt.trainer.distributed import (
@@ -60,6 +60,7 @@ from kadapt.trainer.distributed import (
     torch_threads,
     wrap_model,
 )
+from kadapt.trainer.policy_masks import prepare_policies, same_policies
 from kadapt.trainer.warm_start import warm_start
 
 LAST_CHECKPOINT = "last.pt"
@@ -95,19 +96,22 @@ def validate(
 ) -> dict[str, dict[str, float]]:
     """Volume-level fastMRI metrics per (mask, R), averaged over the validation volumes.
 
-    Every slice of a volume is reconstructed with the fixed mask ``(W,)``; prediction and target
+    Every slice of a volume is reconstructed with the fixed mask ``(W,)``, or its own row of a per-slice
+    mask ``(slices, W)`` (a sampler policy's plans, indexed like ``dataset.slices``); prediction and target
     magnitudes ``(slices, H, W)`` are multiplied back by each slice's ACS scale before
     :func:`kadapt.metrics.evaluate_volume`, so the metrics are on the data's own scale.
     """
     was_training = model.training
     model.eval()
     results: dict[str, dict[str, float]] = {}
+    width = dataset.geometry[2]
     try:
         for (family, acceleration), mask in masks.items():
             per_volume: list[dict[str, float]] = []
             for indices in dataset.volumes.values():
                 items = [dataset.slices[i] for i in indices]
-                batch = make_batch(items, np.broadcast_to(mask, (len(items), mask.shape[0]))).to(device)
+                rows = mask[indices] if mask.ndim == 2 else np.broadcast_to(mask, (len(items), width))
+                batch = make_batch(items, rows).to(device)
                 with torch.no_grad():
                     image = model(batch.masked_kspace, batch.mask, batch.sens)
                 scales = torch.tensor([item.scale for item in items], device=device).view(-1, 1, 1)
@@ -245,6 +249,9 @@ def _train(
     if val_set.geometry != train_set.geometry:
         raise InvalidInputError(f"val geometry {val_set.geometry} differs from train {train_set.geometry}")
     coils, height, width = train_set.geometry
+    policies = prepare_policies(
+        config.policies, train_set, val_set, config.accelerations, augment=config.augment
+    )
 
     # Parameter initialisation draws from torch's default generator: fork it so the seed stays local.
     # The same seed on every rank gives identical parameters (DDP broadcasts rank 0's anyway).
@@ -269,6 +276,10 @@ def _train(
             raise InvalidInputError(
                 f"{last_path} was trained with smp={bool(checkpoint.get('smp', False))}, not smp={config.smp}"
             )
+        if not same_policies(checkpoint.get("policies"), policies.records):
+            raise InvalidInputError(
+                f"{last_path} was trained on other --policy bundles than {config.policies}"
+            )
         model.load_state_dict(checkpoint["model"])
         optimiser.load_state_dict(checkpoint["optimiser"])
         epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
@@ -277,8 +288,9 @@ def _train(
         states = checkpoint.get("mask_rngs") or [checkpoint["mask_rng"]]
         rng = restore_rank_generator(states, config.seed, context, step)
     step_module = wrap_model(TrainingForward(model, config.model == "vsharp"), context, device)
-    sampler = MaskSampler(config.masks, config.accelerations, width, num_acs, rng)
+    sampler = MaskSampler(config.masks, config.accelerations, width, num_acs, rng, policies.train)
     fixed_masks = validation_masks(config.masks, config.accelerations, width, num_acs, config.seed)
+    fixed_masks.update(policies.validation)
     writer: SummaryWriter | None = None
     if context.is_main:
         config.runs.mkdir(parents=True, exist_ok=True)
@@ -291,13 +303,9 @@ def _train(
             for epoch in range(first_epoch, config.epochs + 1):  # epoch outlives the loop
                 model.train()
                 for _ in range(config.steps_per_epoch):
-                    picks = rng.choice(
-                        len(train_set), size=config.batch_size, replace=len(train_set) < config.batch_size
+                    family, acceleration, items, masks = draw_batch(
+                        train_set, sampler, config.batch_size, rng, augment_rng if config.augment else None
                     )
-                    family, acceleration, masks = sampler.draw(config.batch_size)
-                    items = [train_set.slices[int(i)] for i in picks]
-                    if config.augment:
-                        items = [random_flip(item, augment_rng) for item in items]
                     batch = make_batch(items, masks).to(device)
                     total_loss, terms = training_loss(step_module, loss, batch)
                     if not torch.isfinite(total_loss):
@@ -343,6 +351,7 @@ def _train(
                             "best_metrics": best_metrics,
                             "mask_rng": rng_states[0],
                             "mask_rngs": rng_states,
+                            "policies": policies.records,
                         },
                         last_path,
                     )
@@ -356,14 +365,15 @@ def _train(
         best = _load(best_path)
         model.load_state_dict(best["model"])
         example_item = val_set.slices[0]
-        first_mask = fixed_masks[(config.masks[0], config.accelerations[0])]
-        example = make_batch([example_item], first_mask[None, :])
+        first_mask = next(iter(fixed_masks.values()))  # (W,) or a policy's (val slices, W)
+        example = make_batch([example_item], first_mask.reshape(-1, width)[:1])
         training = {
             "data": config.data.resolve().name,
             "dataset_seed": manifest.seed,
             "train_slices": len(train_set),
             "val_slices": len(val_set),
             "masks": list(config.masks),
+            "policies": policies.records,
             "accelerations": list(config.accelerations),
             "num_acs": num_acs,
             "steps": step,

@@ -12,6 +12,9 @@ different R are nested.
 - :func:`energy_profile` / :func:`energy_density_scores`: seed 000 section 3.1's energy-density sampler
   (each training image's k-space energy per line, normalised per image, averaged), turned into a fixed
   line order whose every top-k prefix is a draw from that density (see the function).
+
+:func:`served_fixed_plan` (what the sampler serves from such scores) lives in the core,
+:mod:`kadapt.bundles.sampler_masks`, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from pydantic import JsonValue
 from torch import Tensor, nn
 
 from kadapt.bundles import Bundle, BundleGeometry, Manifest, TensorSpec, utc_now, write_bundle
+from kadapt.bundles.sampler_masks import served_fixed_plan
 from kadapt.errors import InvalidInputError
-from kadapt.masks import acs_mask, line_budget
-from kadapt.masks.mechanics import sparsity_for, topk_plan
+from kadapt.masks import acs_mask
+from kadapt.masks.mechanics import sparsity_for
 from kadapt.masks.torch_ops import loupe_rescale, stochastic_threshold_binarise
 from kadapt.masks.torch_ops import topk_plan as torch_topk_plan
 from kadapt.trainer.data import PreparedSlice
@@ -94,33 +98,6 @@ def energy_density_scores(
     scores = np.empty(width, dtype=np.float32)
     scores[order] = np.arange(width, 0, -1, dtype=np.float32) / width
     return scores
-
-
-def _centre_tiebreak(width: int, ceiling: float) -> NDArray[np.float64]:
-    # The sampler's rule (docs/sampler.md, "Plans"; policies.centre_tiebreak): distinct scores in
-    # (0, ceiling / 2] ranking lines by distance to the centre W // 2, lower ky first on equal distance.
-    ky = np.arange(width)
-    order = np.lexsort((ky, np.abs(ky - width // 2)))
-    rank = np.empty(width, dtype=np.float64)
-    rank[order] = np.arange(width, 0, -1)
-    return rank / width * (ceiling / 2.0)
-
-
-def served_fixed_plan(
-    scores: NDArray[np.floating[Any]], num_acs: int, acceleration: float
-) -> NDArray[np.bool_]:
-    """The mask ``(W,)`` bool the sampler serves from ``mask.npy`` scores ``(W,)`` at R (nothing acquired
-    beyond the ACS): ACS plus the top ``round(W / R) - num_acs`` free lines, equal scores separated by the
-    sampler's centre tie-break kept below half the smallest score gap, so it never reorders distinct
-    scores. Validation scores exactly this plan."""
-    values = np.asarray(scores, dtype=np.float64)
-    width = values.shape[0]
-    budget = line_budget(width, acceleration, num_acs)
-    distinct = np.unique(values)
-    gap = float(np.min(np.diff(distinct))) if distinct.size > 1 else 1.0
-    ranked = values + _centre_tiebreak(width, gap)
-    plan: NDArray[np.bool_] = np.asarray(topk_plan(ranked, acs_mask(width, num_acs), budget), dtype=np.bool_)
-    return plan
 
 
 def served_lines(

@@ -1,7 +1,8 @@
 """Model bundles: a strict manifest plus sha256-verified files in a Triton-like repository.
 
 ``<repository>/<name>/<version>/manifest.json`` with ``model.onnx`` / ``model.pt`` / ``mask.npy``;
-:func:`load_bundle` verifies every file before use, :func:`write_bundle` computes the digests.
+:func:`load_bundle` verifies every file before use, :func:`write_bundle` computes the digests;
+:class:`SamplerMasks` gives the plan a sampler bundle (``mnet`` / ``fixed-mask``) serves for a scan.
 See ``docs/bundles.md``.
 """
 
@@ -27,21 +28,25 @@ from kadapt.bundles.repository import (
     verify_files,
     write_bundle,
 )
+from kadapt.bundles.sampler_masks import SAMPLER_BUNDLE_KINDS, SamplerMasks, served_fixed_plan
 
 __all__ = [
     "MANIFEST_FILENAME",
+    "SAMPLER_BUNDLE_KINDS",
     "SCHEMA_VERSION",
     "Bundle",
     "BundleGeometry",
     "BundleKind",
     "BundleRef",
     "Manifest",
+    "SamplerMasks",
     "TensorSpec",
     "list_bundle_refs",
     "list_bundles",
     "load_bundle",
     "natural_version_key",
     "read_manifest",
+    "served_fixed_plan",
     "sha256_bytes",
     "sha256_file",
     "utc_now",
