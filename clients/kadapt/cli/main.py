@@ -217,7 +217,7 @@ def demo(
     models: Annotated[Path, typer.Option(help="model repository")] = Path("models"),
     mrd_port: Annotated[int, typer.Option(help="MRD streaming port while the demo runs (0: off)")] = 9002,
 ) -> None:
-    """The embedded stack end to end: held-out volumes x fixed policies x classic recons at R = 4, 8."""
+    """The embedded stack end to end: held-out volumes x fixed and learned policies x recons at R = 4, 8."""
     from kadapt.launcher.demo import run_demo
 
     if not 0 <= mrd_port <= 65535:
@@ -321,6 +321,79 @@ def bench_recon_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     RichConsole(width=160).print(result_table(result))
+    console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
+
+
+@bench_app.command("sampling", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench_sampling_command(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="dataset (kadapt data build); its test split is scored")],
+    recon: Annotated[
+        str, typer.Option(help="classic method (cg-sense, ...) or recon bundle REPO/NAME/VERSION")
+    ],
+    out: Annotated[Path, typer.Option(help="JSON result file")],
+    samplers: Annotated[
+        list[Path] | None,
+        typer.Option(help="fixed-mask / mnet bundles REPO/NAME/VERSION, e.g. --samplers a b"),
+    ] = None,
+    accelerations: Annotated[
+        list[float] | None, typer.Option("--R", help="accelerations, e.g. --R 4 8 (default 4 8; quick 8)")
+    ] = None,
+    families: Annotated[str, typer.Option(help="comma-separated 1D mask families")] = ",".join(
+        ("equispaced", "vd-random", "gaussian-1d", "centre-only", "energy-density")
+    ),
+    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 16, the trainer's)")] = None,
+    greedy_slices: Annotated[
+        int, typer.Option(min=1, help="training slices of the greedy population mask")
+    ] = 16,
+    search_recon: Annotated[
+        str, typer.Option(help="recon inside greedy / oracle: cg-sense, sense, same")
+    ] = "cg-sense",
+    quick: Annotated[bool, typer.Option(help="CI-sized: 2 volumes x 2 slices, R 8, 4 greedy slices")] = False,
+    threads: Annotated[int | None, typer.Option(help="threads (default: all cores)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the masks, the greedy slices and the bootstrap")] = 0,
+) -> None:
+    """Sampling policies (mask families, sampler bundles, greedy population mask, per-object oracle) under one
+    reconstruction on the held-out test split."""
+    from rich.console import Console as RichConsole
+
+    from kadapt.trainer.bench_sampling import SamplingBenchSettings, run_sampling_benchmark
+    from kadapt.trainer.bench_sampling_report import sampling_table
+
+    # `--R 4 8 --samplers a b`: click leaves the values after the first of each as extra arguments.
+    extra_rates: list[float] = []
+    extra_samplers: list[Path] = []
+    for value in ctx.args:
+        try:
+            extra_rates.append(float(value))
+        except ValueError:
+            extra_samplers.append(Path(value))
+    if (extra_rates and not accelerations) or (extra_samplers and not samplers):
+        raise fail(ValueError(f"unexpected arguments {ctx.args}: only --R and --samplers take more values"))
+    settings = SamplingBenchSettings(
+        data=data,
+        recon=recon,
+        samplers=tuple(samplers or ()) + tuple(extra_samplers),
+        accelerations=tuple(accelerations or ()) + tuple(extra_rates) or None,
+        families=tuple(name.strip() for name in families.split(",") if name.strip()),
+        num_acs=num_acs,
+        quick=quick,
+        seed=seed,
+        greedy_slices=greedy_slices,
+        search_recon=search_recon,
+        threads=threads,
+    )
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("bench sampling", total=None)
+            result = run_sampling_benchmark(
+                settings, progress=lambda what: progress.update(task, advance=1, description=what)
+            )
+    except KadaptError as error:
+        raise fail(error) from error
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    RichConsole(width=180).print(sampling_table(result))
     console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
 
 

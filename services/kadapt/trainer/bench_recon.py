@@ -85,11 +85,13 @@ class BenchSettings:
 
 @dataclass(frozen=True)
 class Volume:
-    """One held-out volume: fully sampled ``kspace (S, C, H, W)`` complex64, RSS ``reference (S, H, W)``."""
+    """One held-out volume: fully sampled ``kspace (S, C, H, W)`` complex64, RSS ``reference (S, H, W)``,
+    and the ``source`` it was simulated from (the manifest record's, for per-source breakdowns)."""
 
     name: str
     kspace: NDArray[np.complex64]
     reference: NDArray[np.float32]
+    source: str = ""
 
 
 def load_split(data: Path, split: Split, limits: tuple[int, int] | None) -> list[Volume]:
@@ -105,7 +107,7 @@ def load_split(data: Path, split: Split, limits: tuple[int, int] | None) -> list
         if limits is not None:
             kspace = kspace[: limits[1]]
         reference = rss(ifft2c(kspace), axis=-3).astype(np.float32)
-        volumes.append(Volume(record.name, kspace, reference))
+        volumes.append(Volume(record.name, kspace, reference, record.source))
     shapes = {volume.kspace.shape[1:] for volume in volumes}
     if len(shapes) != 1:
         raise InvalidInputError(f"split {split!r} of {data} mixes geometries (C, H, W) {sorted(shapes)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -76,10 +77,12 @@ def bench_mask(
     split: str,
     volume: int,
     slice_index: int,
+    **params: Any,
 ) -> NDArray[np.bool_]:
     """The line mask ``(W,)`` bool of one (family, R, volume index, slice) of a split, drawn from a
     ``numpy`` Generator seeded by :func:`mask_seed`: every method of a run sees the same mask (a paired
-    comparison), and a rerun draws it again."""
+    comparison), and a rerun draws it again. ``params``: the family's keyword parameters (e.g. the
+    ``energy-density`` profile)."""
     rng = np.random.default_rng(mask_seed(seed, split, family, acceleration, volume, slice_index))
-    mask = make_mask(family, width=width, acceleration=acceleration, num_acs=num_acs, rng=rng)
+    mask = make_mask(family, width=width, acceleration=acceleration, num_acs=num_acs, rng=rng, **params)
     return np.asarray(mask, dtype=bool).reshape(width)

@@ -113,12 +113,15 @@ def _calibration_kspace(slice_kspace: ComplexArray) -> ComplexArray:
     return averaged
 
 
-def _maps(
+def iterative_coil_maps(
     calibration: ComplexArray,
     num_acs: int,
     kind: Literal["auto", "espirit", "acs"],
     parameters: ClassicParameters,
 ) -> ComplexArray:
+    """The coil maps ``(coil, H, W)`` the iterative methods use for ``calibration`` k-space ``(coil, H, W)``:
+    ACS maps for ``kind="acs"`` or (``"auto"``) below ``parameters.espirit_min_acs`` ACS lines, else ESPIRiT
+    (also used by the sampling benchmark's batched CG-SENSE search, so both solve the same problem)."""
     if kind == "acs" or (kind == "auto" and num_acs < parameters.espirit_min_acs):
         return acs_sensitivities(calibration, num_acs)
     # ESPIRiT's calibration block is square; its kernel must fit inside a small ACS.
@@ -148,7 +151,9 @@ def _iterative(
     for index, slice_kspace in enumerate(kspace):
         scale = acs_scale(slice_kspace, num_acs)
         normalised = (slice_kspace / np.float32(scale)).astype(np.complex64, copy=False)
-        maps = _maps(_calibration_kspace(normalised), num_acs, parameters.iterative_maps, parameters)
+        maps = iterative_coil_maps(
+            _calibration_kspace(normalised), num_acs, parameters.iterative_maps, parameters
+        )
         for frame, frame_kspace in enumerate(normalised):
             weights = mask[index, frame].astype(np.float32)  # (W,), broadcasts over (coil, H, W)
             out[index, frame] = np.abs(solve(frame_kspace, maps, weights)) * np.float32(scale)
