@@ -7,13 +7,16 @@ coils the simulator makes; R = 8):
 
 1. an efficient :class:`kadapt.nn.mnet.MNet` with random weights (latency does not depend on them) is
    exported as an ``mnet`` bundle into a temporary repository (parity-checked like any bundle);
-2. the sampler runs as a uvicorn process on that repository (``ProcessStack``), ``ort_threads`` intra-op
-   threads per session; a keep-alive HTTP client posts ``POST /v1/plan`` with the scan's ACS block
-   (``acs_npy_b64``, as the gateway sends it) and times the round trip: ``mnet_ms_p50`` / ``_p99``
-   (HTTP, JSON with the base64 ACS, validation, thread hop, inference, top-k, contract check);
-   ``mnet_server_ms_*`` is the planner's own ``elapsed_ms``, ``mnet_inference_ms_*`` the ORT session
-   alone in this process, ``http_baseline_ms_*`` the same round trip for the fixed ``vd-random`` policy
-   without ACS (what uvicorn, HTTP, JSON and the planner cost by themselves);
+2. the sampler runs as a uvicorn process on that repository (``ProcessStack``; uvloop + httptools when
+   installed), ``ort_threads`` intra-op threads per session; a keep-alive HTTP client posts
+   ``POST /v1/plan`` with the scan's ACS block as the gateway sends it -- the binary
+   ``application/x-kadapt-plan`` body (JSON header + raw ``.npy``, :mod:`kadapt.schemas.plan_binary`) --
+   and times the round trip: ``mnet_ms_p50`` / ``_p99`` (HTTP, framing, validation, thread hop,
+   inference, top-k, contract check); ``mnet_json_ms_*`` the same plans as JSON with ``acs_npy_b64``
+   (the documented fallback transport); ``mnet_server_ms_*`` is the planner's own ``elapsed_ms``,
+   ``mnet_inference_ms_*`` the ORT session alone in this process, ``http_baseline_ms_*`` the same round
+   trip for the fixed ``vd-random`` policy without ACS (what uvicorn, HTTP, JSON and the planner cost by
+   themselves);
 3. :class:`kadapt.nn.mnet.MNetFaithful` (zero-padded H x W input, about 80 M parameters at 320 x 320) is
    exported the same way and run in ONNX Runtime in this process with the same thread count:
    ``faithful_ms_p50``; ``speedup = faithful_ms_p50 / mnet_ms_p50`` (served MNet vs bare faithful
@@ -26,11 +29,13 @@ The machine may be shared; the result records the load average before and after.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,7 @@ from kadapt.nn.mnet import (
 )
 from kadapt.nn.mnet_bundle import MNET_INPUT_NAME, MNET_OUTPUT_NAME, export_mnet_bundle
 from kadapt.schemas import PlanRequest, PlanResponse
+from kadapt.schemas.plan_binary import PLAN_BINARY_MEDIA_TYPE, encode_plan_body
 
 GEOMETRIES = {
     "default": MNetGeometry(width=128, height=128, coils=8, num_acs=8),
@@ -63,6 +69,9 @@ ACCELERATION = 8.0
 TARGETS = {"mnet_ms_p99_at_320": 5.0, "speedup_at_320": 50.0}
 DEADLINE_MS = 1_000.0
 _DEADLINE_MARK = 987654321.0  # a number placed in the JSON template and replaced per request
+JSON_MEDIA_TYPE = "application/json"
+# One request body for plan number ``index`` (deadline set at send time) and its content type.
+BodyMaker = Callable[[int], tuple[bytes, str]]
 
 
 def _stats(prefix: str, values: list[float]) -> dict[str, float]:
@@ -77,11 +86,15 @@ def _bundle_name(geometry: MNetGeometry) -> str:
     return f"mnet-bench-{geometry.width}"
 
 
-def _acs_b64(geometry: MNetGeometry, seed: int) -> str:
+def _acs_npy(geometry: MNetGeometry, seed: int) -> bytes:
     acs = mnet_example_inputs(geometry, torch.Generator().manual_seed(seed))[0][0].numpy()
     buffer = io.BytesIO()
     np.save(buffer, (acs[..., 0] + 1j * acs[..., 1]).astype(np.complex64), allow_pickle=False)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _acs_b64(geometry: MNetGeometry, seed: int) -> str:
+    return base64.b64encode(_acs_npy(geometry, seed)).decode("ascii")
 
 
 def _request_template(geometry: MNetGeometry, seed: int, *, baseline: bool = False) -> bytes:
@@ -100,6 +113,35 @@ def _request_template(geometry: MNetGeometry, seed: int, *, baseline: bool = Fal
         acs_npy_b64=None if baseline else _acs_b64(geometry, seed),
     )
     return request.model_dump_json().encode()
+
+
+def _json_bodies(templates: list[bytes]) -> BodyMaker:
+    """JSON bodies from ``templates`` in turn, the deadline mark replaced at send time."""
+    mark = repr(_DEADLINE_MARK).encode()
+
+    def body(index: int) -> tuple[bytes, str]:
+        deadline = repr(time.time() * 1000.0 + DEADLINE_MS).encode()
+        return templates[index % len(templates)].replace(mark, deadline), JSON_MEDIA_TYPE
+
+    return body
+
+
+def _binary_bodies(geometry: MNetGeometry, seeds: range) -> BodyMaker:
+    """``application/x-kadapt-plan`` bodies, encoded per request as the gateway does (header JSON with
+    the deadline, then the raw ``.npy`` ACS)."""
+    requests = [
+        PlanRequest.model_validate_json(_request_template(geometry, seed, baseline=True)) for seed in seeds
+    ]
+    requests = [request.model_copy(update={"policy": _bundle_name(geometry)}) for request in requests]
+    blocks = [_acs_npy(geometry, seed) for seed in seeds]
+
+    def body(index: int) -> tuple[bytes, str]:
+        request = requests[index % len(requests)].model_copy(
+            update={"deadline_unix_ms": time.time() * 1000.0 + DEADLINE_MS}
+        )
+        return encode_plan_body(request, blocks[index % len(blocks)]), PLAN_BINARY_MEDIA_TYPE
+
+    return body
 
 
 def export_bench_bundles(repository: Path, generator: torch.Generator) -> dict[str, int]:
@@ -124,27 +166,31 @@ def export_bench_bundles(repository: Path, generator: torch.Generator) -> dict[s
 
 
 def time_served_plans(client: httpx.Client, geometry: MNetGeometry, count: int) -> dict[str, Any]:
-    """``count`` sequential plans (8 different ACS blocks in turn) after 50 warm-up plans, then as many
+    """``count`` sequential plans (8 different ACS blocks in turn) after 50 warm-up plans in each
+    transport -- binary (``mnet_ms_*``, the gateway's), JSON (``mnet_json_ms_*``) -- then as many
     ``vd-random`` plans without ACS (``http_baseline_ms_*``)."""
-    templates = [_request_template(geometry, seed) for seed in range(8)]
-    model = _time_plans(client, templates, count, "mnet")
-    baseline = _time_plans(client, [_request_template(geometry, 0, baseline=True)], count, "http_baseline")
+    binary_bodies = _binary_bodies(geometry, range(8))
+    json_templates = [_request_template(geometry, seed) for seed in range(8)]
+    model = _time_plans(client, binary_bodies, count, "mnet")
+    as_json = _time_plans(client, _json_bodies(json_templates), count, "mnet_json")
+    baseline_body = _json_bodies([_request_template(geometry, 0, baseline=True)])
+    baseline = _time_plans(client, baseline_body, count, "http_baseline")
     return {
         **model,
+        **{key: value for key, value in as_json.items() if key.startswith("mnet_json")},
+        "degraded_json": as_json["degraded"],
         **{key: value for key, value in baseline.items() if key.startswith("http_baseline")},
-        "request_kib": round(len(templates[0]) / 1024.0, 1),
+        "request_kib": round(len(binary_bodies(0)[0]) / 1024.0, 1),
+        "request_json_kib": round(len(json_templates[0]) / 1024.0, 1),
     }
 
 
-def _time_plans(client: httpx.Client, templates: list[bytes], count: int, prefix: str) -> dict[str, Any]:
-    mark = repr(_DEADLINE_MARK).encode()
+def _time_plans(client: httpx.Client, bodies: BodyMaker, count: int, prefix: str) -> dict[str, Any]:
     round_trips, server, degraded = [], [], 0
     for index in range(50 + count):
-        body = templates[index % len(templates)].replace(
-            mark, repr(time.time() * 1000.0 + DEADLINE_MS).encode()
-        )
         started = time.perf_counter()
-        response = client.post("/v1/plan", content=body, headers={"content-type": "application/json"})
+        body, content_type = bodies(index)
+        response = client.post("/v1/plan", content=body, headers={"content-type": content_type})
         elapsed = (time.perf_counter() - started) * 1000.0
         response.raise_for_status()
         if index < 50:
@@ -251,6 +297,11 @@ def run_plan_latency_benchmark(*, quick: bool, console: Console, threads: int = 
             and at_320["speedup"] >= TARGETS["speedup_at_320"]
         ),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "server": {
+            "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+            "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+            "plan_body": PLAN_BINARY_MEDIA_TYPE,
+        },
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

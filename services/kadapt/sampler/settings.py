@@ -14,7 +14,9 @@ class SamplerSettings(BaseSettings):
     ``warmup``: run one plan per policy before reporting ready;
     ``ort_threads``: ONNX Runtime intra-op threads per ``mnet`` session;
     ``fallback_margin_ms``: time kept before a deadline to serve a model policy's fallback instead;
-    ``mnet_fallback``: the 1d mask family an ``mnet`` bundle falls back to when its manifest names none."""
+    ``mnet_fallback``: the 1d mask family an ``mnet`` bundle falls back to when its manifest names none;
+    ``max_body_bytes``: the largest plan body accepted (413 above; 64 MiB holds a 640-line, 32-coil,
+    32-ACS block many times over)."""
 
     model_config = SettingsConfigDict(env_prefix="KADAPT_SAMPLER_", extra="ignore")
 
@@ -24,3 +26,4 @@ class SamplerSettings(BaseSettings):
     ort_threads: int = Field(default=1, ge=1, le=64)
     fallback_margin_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
     mnet_fallback: str = "vd-random"
+    max_body_bytes: int = Field(default=64 << 20, ge=1024)

@@ -27,6 +27,7 @@ from kadapt.mrd.header import make_header
 from kadapt.mrd.messages import Close
 from kadapt.mrd.stream import encode_acquisitions, encode_message, make_acquisition_heads
 from kadapt.schemas import PlanRequest, PlanResponse, ReconResult, ReconStatus
+from kadapt.schemas.plan_binary import decode_plan_request
 
 MRD = "application/vnd.ismrmrd.stream"
 
@@ -181,7 +182,8 @@ class FakeSampler:
     requests: list[PlanRequest] = field(default_factory=list)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        plan_request = PlanRequest.model_validate_json(request.content)
+        # JSON, or application/x-kadapt-plan when the request carries ACS (the gateway's fast path)
+        plan_request = decode_plan_request(request.content, request.headers.get("content-type"))
         self.requests.append(plan_request)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

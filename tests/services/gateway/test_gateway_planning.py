@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import socket
 import time
@@ -207,7 +206,7 @@ async def test_a_replica_without_the_plan_task_answers_by_the_deadline(
 async def test_fixed_family_policies_get_no_scan_data(gateway: Gateway, scanner: Scanner) -> None:
     plan, _ = await acs_then_plan(gateway, scanner, sampler="vd-random")
     assert not plan.degraded
-    assert gateway.sampler.requests[0].acs_npy_b64 is None
+    assert not gateway.sampler.requests[0].has_acs
 
 
 async def test_good_sampler_metrics_and_plan_in_scan_view(gateway: Gateway, scanner: Scanner) -> None:
@@ -221,9 +220,11 @@ async def test_good_sampler_metrics_and_plan_in_scan_view(gateway: Gateway, scan
     view = (await gateway.client.get(f"/v1/scans/{scan}")).json()
     assert tuple(view["planned_lines"]) == plan.lines
     assert view["state"] == "acquiring"
-    encoded = gateway.sampler.requests[0].acs_npy_b64
-    assert encoded is not None
-    acs = np.load(io.BytesIO(base64.b64decode(encoded)))
+    # sent as application/x-kadapt-plan: the ACS travels as raw .npy after the JSON header
+    assert gateway.sampler.requests[0].acs_npy_b64 is None
+    npy = gateway.sampler.requests[0].acs_npy()
+    assert npy is not None
+    acs = np.load(io.BytesIO(npy))
     assert acs.shape == (4, 32, 4)
     assert acs.dtype == np.complex64
     np.testing.assert_allclose(acs, scanner.expected[0, 0][:, :, scanner.acs_columns(4)], atol=1e-4)

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 
 import httpx
 import numpy as np
+import pybase64
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
 from kadapt.masks import get_family, line_budget, make_mask
 from kadapt.schemas import PlanRequest, PlanResponse, ScanGeometry, ScanPolicy
+from kadapt.schemas.plan_binary import PLAN_BINARY_MEDIA_TYPE, encode_plan_body
 
 PLAN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
 
@@ -65,7 +67,8 @@ class PlanContext:
     deadline_unix_ms: float
     acs_npy_b64: str | None = None
 
-    def request(self) -> PlanRequest:
+    def request(self, *, inline_acs: bool = True) -> PlanRequest:
+        """The wire request; ``inline_acs=False`` leaves ``acs_npy_b64`` out (binary transport)."""
         return PlanRequest(
             scan_id=self.scan_id,
             policy=self.policy.sampler,
@@ -79,8 +82,17 @@ class PlanContext:
             round=self.round,
             seed=self.policy.seed,
             deadline_unix_ms=self.deadline_unix_ms,
-            acs_npy_b64=self.acs_npy_b64,
+            acs_npy_b64=self.acs_npy_b64 if inline_acs else None,
         )
+
+    def body(self, *, binary_acs: bool) -> tuple[bytes, str]:
+        """The ``POST /v1/plan`` body and its content type: with ACS and ``binary_acs``, the
+        ``application/x-kadapt-plan`` framing (JSON header + raw ``.npy``: 25 % smaller than base64 and
+        no 437k-character JSON string for the sampler to parse at 320 x 320 x 8), else JSON."""
+        if binary_acs and self.acs_npy_b64 is not None:
+            acs_npy = pybase64.b64decode(self.acs_npy_b64, validate=True)
+            return encode_plan_body(self.request(inline_acs=False), acs_npy), PLAN_BINARY_MEDIA_TYPE
+        return self.request().model_dump_json().encode(), "application/json"
 
 
 def fallback_rng(policy: ScanPolicy) -> np.random.Generator:
@@ -202,7 +214,10 @@ def _problem_type(response: httpx.Response) -> str:
 
 class Planner:
     """Plans for scans: the sampler over HTTP (an injected ``httpx.AsyncClient``, the test seam) with the
-    fallback mask as the answer of last resort. :meth:`plan` never raises for sampler trouble."""
+    fallback mask as the answer of last resort. :meth:`plan` never raises for sampler trouble.
+
+    ``binary_acs`` (default) sends requests that carry ACS k-space as ``application/x-kadapt-plan``;
+    ``False`` keeps them JSON with ``acs_npy_b64`` (the documented fallback, any sampler version)."""
 
     def __init__(
         self,
@@ -212,8 +227,10 @@ class Planner:
         margin_ms: float = 2.0,
         margin_fraction: float = 0.05,
         metrics: PlanMetrics | None = None,
+        binary_acs: bool = True,
     ) -> None:
         self.client = client
+        self.binary_acs = binary_acs
         self.plan_url = sampler_url.rstrip("/") + "/v1/plan"
         self.margin_ms = margin_ms
         self.margin_fraction = margin_fraction
@@ -240,14 +257,14 @@ class Planner:
         ) / 1000.0
         if budget_s <= 0.0:
             return fallback("sampler-timeout")
-        body = context.request().model_dump_json()
+        body, content_type = context.body(binary_acs=self.binary_acs)
         try:
             # wait_for bounds the whole exchange; httpx's own timeouts apply per operation only.
             response = await asyncio.wait_for(
                 self.client.post(
                     self.plan_url,
                     content=body,
-                    headers={"content-type": "application/json"},
+                    headers={"content-type": content_type},
                     timeout=httpx.Timeout(budget_s),
                 ),
                 timeout=budget_s,
