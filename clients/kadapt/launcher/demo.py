@@ -1,5 +1,6 @@
-"""``kadapt demo``: held-out volumes replayed through the embedded stack with fixed policies x classic and
-learned reconstructions at R = 4 and 8; a table on the terminal, ``report.json`` and figures.
+"""``kadapt demo``: held-out volumes replayed through the embedded stack with fixed and learned sampling
+policies x classic and learned reconstructions at R = 4 and 8 (ACS block W // 16); a table on the
+terminal, ``report.json`` and figures.
 
 ``learned`` asks the recon service for the best bundle in ``models/`` that accepts the scan; where none
 does, the job runs the fallback (CG-SENSE) and the row's ``recon_methods_used`` says so."""
@@ -23,7 +24,18 @@ from kadapt.launcher.embedded import embedded_stack
 from kadapt.replay.report import aggregate
 from kadapt.replay.run import ReplaySettings, replay_files
 
-DEMO_POLICIES = ("equispaced", "random", "vd-random", "gaussian-1d", "centre-only")
+#: Fixed mask families, then the learned sampler bundles in ``models/`` (energy-density population mask,
+#: LOUPE, MNet trained on ICD labels; models/README.md).
+DEMO_POLICIES = (
+    "equispaced",
+    "random",
+    "vd-random",
+    "gaussian-1d",
+    "centre-only",
+    "energy-pop",
+    "loupe",
+    "mnet-icd",
+)
 DEMO_RECONS = ("zero-filled", "sense", "cg-sense", "l1-wavelet", "learned")
 DEMO_ACCELERATIONS = (4.0, 8.0)
 
@@ -35,6 +47,16 @@ def held_out_volumes(data: Path, count: int) -> list[Path]:
     if not files:
         raise InvalidInputError(f"{data}: the dataset has no test volumes")
     return files[:count]
+
+
+def demo_num_acs(data: Path) -> int:
+    """The ACS block the bundles in ``models/`` were trained with: the trainer's default ``W // 16``
+    (8 lines at W = 128), at least 4. An ``mnet`` bundle refuses scans with another ACS size (the sampler
+    serves its fallback), so the demo replays every policy and R with this one block."""
+    widths = {volume.width for volume in load_manifest(data / "manifest.json").volumes}
+    if len(widths) != 1:
+        raise InvalidInputError(f"{data}: the demo needs one phase-encode width, found {sorted(widths)}")
+    return max(4, widths.pop() // 16)
 
 
 def _port_free(port: int) -> bool:
@@ -104,7 +126,9 @@ def run_demo(
         console.print(f"building the default dataset in {data} ...")
         build_dataset(data)
     paths = held_out_volumes(data, volumes)
-    settings = ReplaySettings(policies=policies, recons=recons, accelerations=accelerations)
+    settings = ReplaySettings(
+        policies=policies, recons=recons, accelerations=accelerations, num_acs=demo_num_acs(data)
+    )
 
     async def replay() -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="kadapt-demo-") as tmp:
