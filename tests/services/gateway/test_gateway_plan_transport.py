@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ def context(seed: int) -> PlanContext:
         acquired=tuple(int(ky) for ky in acs_lines(64, 8)),
         round=0,
         deadline_unix_ms=time.time() * 1000.0 + 5_000.0,
-        acs_npy_b64=base64.b64encode(buffer.getvalue()).decode("ascii"),
+        acs_npy=buffer.getvalue(),
     )
 
 
@@ -89,7 +88,7 @@ async def test_binary_and_json_transports_get_the_same_mnet_plan(repository: Pat
 
 def test_requests_without_acs_stay_json() -> None:
     ctx = context(0)
-    no_acs = PlanContext(**{**ctx.__dict__, "acs_npy_b64": None})
+    no_acs = PlanContext(**{**ctx.__dict__, "acs_npy": None})
     body, content_type = no_acs.body(binary_acs=True)
     assert content_type == "application/json"
     assert b'"acs_npy_b64":null' in body

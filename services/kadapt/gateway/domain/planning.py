@@ -65,7 +65,7 @@ class PlanContext:
     acquired: tuple[int, ...]
     round: int
     deadline_unix_ms: float
-    acs_npy_b64: str | None = None
+    acs_npy: bytes | None = None  # the scan's ACS block as ``.npy`` bytes (centre slice), for model policies
 
     def request(self, *, inline_acs: bool = True) -> PlanRequest:
         """The wire request; ``inline_acs=False`` leaves ``acs_npy_b64`` out (binary transport)."""
@@ -82,16 +82,19 @@ class PlanContext:
             round=self.round,
             seed=self.policy.seed,
             deadline_unix_ms=self.deadline_unix_ms,
-            acs_npy_b64=self.acs_npy_b64 if inline_acs else None,
+            acs_npy_b64=(
+                pybase64.b64encode(self.acs_npy).decode("ascii")
+                if inline_acs and self.acs_npy is not None
+                else None
+            ),
         )
 
     def body(self, *, binary_acs: bool) -> tuple[bytes, str]:
         """The ``POST /v1/plan`` body and its content type: with ACS and ``binary_acs``, the
         ``application/x-kadapt-plan`` framing (JSON header + raw ``.npy``: 25 % smaller than base64 and
         no 437k-character JSON string for the sampler to parse at 320 x 320 x 8), else JSON."""
-        if binary_acs and self.acs_npy_b64 is not None:
-            acs_npy = pybase64.b64decode(self.acs_npy_b64, validate=True)
-            return encode_plan_body(self.request(inline_acs=False), acs_npy), PLAN_BINARY_MEDIA_TYPE
+        if binary_acs and self.acs_npy is not None:
+            return encode_plan_body(self.request(inline_acs=False), self.acs_npy), PLAN_BINARY_MEDIA_TYPE
         return self.request().model_dump_json().encode(), "application/json"
 
 

@@ -11,7 +11,6 @@ Multi-round policies (ADS) get the next round when every line of a non-final pla
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -72,12 +71,12 @@ class PlanRounds:
         acquired = set(creation.acs_columns(session).tolist())
         if session.plan is not None and session.plan.round < session.plan_round:
             acquired.update(session.plan.lines)  # earlier rounds' lines stay in every later plan
-        acs_npy_b64 = None
+        acs_npy = None
         if with_acs:
             acs = self.kspace_files.read_acs(
                 session.scan_id, creation.acs_columns(session), slice_index=session.geometry.slices // 2
             )
-            acs_npy_b64 = base64.b64encode(encode_npy(acs)).decode("ascii")
+            acs_npy = encode_npy(acs)
         return PlanContext(
             scan_id=session.scan_id,
             policy=session.policy,
@@ -85,7 +84,7 @@ class PlanRounds:
             acquired=tuple(sorted(acquired)),
             round=session.plan_round,
             deadline_unix_ms=session.plan_deadline_unix_ms or now_unix_ms(),
-            acs_npy_b64=acs_npy_b64,
+            acs_npy=acs_npy,
         )
 
     def start(self, session: ScanSession) -> None:
@@ -98,7 +97,7 @@ class PlanRounds:
         task.add_done_callback(log_task_failure)
 
     async def _run(self, session: ScanSession) -> PlanResponse:
-        # Fixed mask families never look at the scan: skip reading and base64-encoding its ACS block
+        # Fixed mask families never look at the scan: skip reading and encoding its ACS block
         # (about 350 kB of JSON at 256 x 8 coils x 16 lines), which dominated a fixed policy's plan time.
         needs_scan_data = session.policy.sampler not in mask_families()
         plan = await self.planner.plan(self.context(session, with_acs=needs_scan_data))
