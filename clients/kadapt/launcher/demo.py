@@ -25,7 +25,7 @@ from kadapt.replay.report import aggregate
 from kadapt.replay.run import ReplaySettings, replay_files
 
 #: Fixed mask families, then the learned sampler bundles in ``models/`` (energy-density population mask,
-#: LOUPE, MNet trained on ICD labels; models/README.md).
+#: LOUPE, MNet trained on mask-backward labels, the better of the two MNets; models/README.md).
 DEMO_POLICIES = (
     "equispaced",
     "random",
@@ -34,7 +34,7 @@ DEMO_POLICIES = (
     "centre-only",
     "energy-pop",
     "loupe",
-    "mnet-icd",
+    "mnet-mb",
 )
 DEMO_RECONS = ("zero-filled", "sense", "cg-sense", "l1-wavelet", "learned")
 DEMO_ACCELERATIONS = (4.0, 8.0)
