@@ -41,6 +41,9 @@ import onnxruntime
 from numpy.typing import NDArray
 
 from kadapt.bundles import Bundle
+from kadapt.bundles.sampler_masks import MNET_INPUT_NAME as INPUT_NAME
+from kadapt.bundles.sampler_masks import MNET_OUTPUT_NAME as OUTPUT_NAME
+from kadapt.bundles.sampler_masks import open_sampler_session
 from kadapt.errors import BundleError, GeometryMismatchError, InvalidAccelerationError, KadaptError
 from kadapt.masks import line_budget
 from kadapt.masks.mechanics import topk_plan
@@ -49,10 +52,6 @@ from kadapt.schemas import PlanRequest
 
 logger = logging.getLogger("kadapt.sampler")
 
-# The runtime contract written by kadapt.nn.mnet_bundle (repeated here: that module imports torch).
-MODEL_FILE = "model.onnx"
-INPUT_NAME = "acs"
-OUTPUT_NAME = "scores"
 DEFAULT_FALLBACK = "vd-random"
 FALLBACK_KINDS = ("mask-family", "fixed-mask")
 
@@ -73,31 +72,10 @@ def wall_clock_ms() -> float:
 
 def open_mnet_session(bundle: Bundle, threads: int) -> onnxruntime.InferenceSession:
     """An ORT CPU session on the bundle's ``model.onnx`` (``threads`` intra-op, sequential execution);
-    :class:`BundleError` when ORT cannot load it or its I/O is not ``acs`` -> ``scores``."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    try:
-        session = onnxruntime.InferenceSession(
-            str(bundle.file(MODEL_FILE)), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except BundleError:
-        raise
-    except Exception as err:  # ORT's own exception types (InvalidProtobuf, Fail, ...) name the problem
-        raise BundleError(
-            f"bundle {bundle.manifest.ref}: ONNX Runtime cannot load {MODEL_FILE}: {err}"
-        ) from err
-    inputs = [(node.name, tuple(node.shape)) for node in session.get_inputs()]
-    outputs = [node.name for node in session.get_outputs()]
-    geometry, manifest = bundle.manifest.geometry, bundle.manifest
-    expected = (1, geometry.coils, geometry.kx, manifest.num_acs, 2)
-    if inputs != [(INPUT_NAME, expected)] or OUTPUT_NAME not in outputs:
-        raise BundleError(
-            f"bundle {manifest.ref}: graph inputs {inputs} / outputs {outputs}, expected "
-            f"{INPUT_NAME!r} {expected} -> {OUTPUT_NAME!r}"
-        )
-    return session
+    :class:`BundleError` when ORT cannot load it or its I/O is not ``acs`` -> ``scores``. The core's
+    :func:`kadapt.bundles.sampler_masks.open_sampler_session`, so offline plans (bench, trainer) run the
+    graph exactly as the service does."""
+    return open_sampler_session(bundle, threads)
 
 
 @dataclass(frozen=True)
