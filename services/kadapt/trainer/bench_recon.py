@@ -114,6 +114,21 @@ def load_split(data: Path, split: Split, limits: tuple[int, int] | None) -> list
     return volumes
 
 
+def test_split_record(data: Path, test: list[Volume]) -> dict[str, Any]:
+    """The ``data`` block of a bench result: folder, split, reference, volumes (with their sources),
+    slices and geometry of the scored test volumes."""
+    coils, height, width = (int(size) for size in test[0].kspace.shape[1:])
+    return {
+        "dir": str(data),
+        "split": "test",
+        "reference": "rss of the fully sampled coil images",
+        "volumes": [volume.name for volume in test],
+        "sources": {volume.name: volume.source for volume in test},
+        "slices": sum(volume.kspace.shape[0] for volume in test),
+        "geometry": {"coils": coils, "height": height, "width": width},
+    }
+
+
 def masked_slice(kspace: NDArray[np.complex64], mask: NDArray[np.bool_]) -> NDArray[np.complex64]:
     """``kspace (C, H, W)`` with the columns off ``mask (W,)`` set to +0.0 (no sign of unacquired data)."""
     return np.where(mask[None, None, :], kspace, 0).astype(np.complex64)
@@ -296,7 +311,7 @@ def run_recon_benchmark(settings: BenchSettings, progress: Progress | None = Non
         raise InvalidInputError(f"threads must be >= 1, got {threads}")
     machine = _machine()
     test = load_split(settings.data, "test", QUICK_LIMITS if quick else None)
-    coils, height, width = (int(size) for size in test[0].kspace.shape[1:])
+    _, height, width = (int(size) for size in test[0].kspace.shape[1:])
     num_acs = settings.num_acs or default_num_acs(width)
     for acceleration in accelerations:
         line_budget(width, acceleration, num_acs)  # InvalidAccelerationError before any work
@@ -331,14 +346,7 @@ def run_recon_benchmark(settings: BenchSettings, progress: Progress | None = Non
         "created": utc_now().isoformat(),
         "code_version": code_version(),
         "machine": machine,
-        "data": {
-            "dir": str(settings.data),
-            "split": "test",
-            "reference": "rss of the fully sampled coil images",
-            "volumes": [volume.name for volume in test],
-            "slices": sum(volume.kspace.shape[0] for volume in test),
-            "geometry": {"coils": coils, "height": height, "width": width},
-        },
+        "data": test_split_record(settings.data, test),
         "num_acs": num_acs,
         "settings": {
             "masks": list(settings.masks),

@@ -37,7 +37,7 @@ from kadapt.errors import InvalidInputError, UnknownReconMethodError
 from kadapt.masks import get_family, line_budget
 from kadapt.metrics import evaluate_volume
 from kadapt.trainer.bench_methods import BenchMethod, bundle_method, classic_method, classic_parameters_record
-from kadapt.trainer.bench_recon import Volume, _machine, load_split, masked_slice
+from kadapt.trainer.bench_recon import Volume, _machine, load_split, masked_slice, test_split_record
 from kadapt.trainer.bench_report import json_safe
 from kadapt.trainer.bench_samplers import (
     SamplingPolicy,
@@ -299,15 +299,7 @@ def run_sampling_benchmark(
         "created": utc_now().isoformat(),
         "code_version": code_version(),
         "machine": machine,
-        "data": {
-            "dir": str(settings.data),
-            "split": "test",
-            "reference": "rss of the fully sampled coil images",
-            "volumes": [volume.name for volume in test],
-            "sources": {volume.name: volume.source for volume in test},
-            "slices": sum(volume.kspace.shape[0] for volume in test),
-            "geometry": {"coils": coils, "height": height, "width": width},
-        },
+        "data": test_split_record(settings.data, test),
         "num_acs": num_acs,
         "budgets": {f"{r:g}": line_budget(width, r, num_acs) for r in accelerations},
         "settings": {
