@@ -163,3 +163,32 @@ def vd_mask() -> Callable[..., NDArray[np.bool_]]:
 @pytest.fixture
 def psnr_of() -> Callable[[NDArray[np.floating], NDArray[np.floating]], float]:
     return psnr
+
+
+TinyMNetExporter = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_mnet_repository(tmp_path_factory: pytest.TempPathFactory) -> TinyMNetExporter:
+    """``make(name, seed, fallback=None) -> repository``: a fresh model repository holding one untrained
+    ``mnet`` bundle (W 64, H 16, 2 coils, 8 ACS lines, R 4; random weights from ``seed``)."""
+    import torch
+
+    from kadapt.nn.mnet import MNet, MNetGeometry, randomise_parameters
+    from kadapt.nn.mnet_bundle import export_mnet_bundle
+
+    def make(name: str, seed: int, fallback: str | None = None) -> Path:
+        repo = tmp_path_factory.mktemp("models")
+        geometry = MNetGeometry(width=64, height=16, coils=2, num_acs=8)
+        model = randomise_parameters(
+            MNet(geometry, channels=(8, 8), hidden=16), torch.Generator().manual_seed(seed)
+        )
+        training = {"description": "UNTRAINED random weights (test)"}
+        if fallback is not None:
+            training["fallback"] = fallback
+        export_mnet_bundle(
+            model, repo, name=name, accelerations=(4.0,), training=training, code_version="test"
+        )
+        return repo
+
+    return make

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from kadapt.gateway.domain.planning import PlanContext, Planner
 from kadapt.masks import acs_lines
-from kadapt.nn.mnet import MNet, MNetGeometry, randomise_parameters
-from kadapt.nn.mnet_bundle import export_mnet_bundle
 from kadapt.sampler.api.app import create_app as create_sampler
 from kadapt.sampler.settings import SamplerSettings
 from kadapt.schemas import ScanGeometry, ScanPolicy
@@ -27,19 +25,8 @@ GEOMETRY = ScanGeometry(slices=1, frames=1, coils=2, height=16, width=64, readou
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("models")
-    geometry = MNetGeometry(width=64, height=16, coils=2, num_acs=8)
-    model = randomise_parameters(MNet(geometry, channels=(8, 8), hidden=16), torch.Generator().manual_seed(5))
-    export_mnet_bundle(
-        model,
-        repo,
-        name=NAME,
-        accelerations=(4.0,),
-        training={"description": "UNTRAINED random weights (test)"},
-        code_version="test",
-    )
-    return repo
+def repository(tiny_mnet_repository: Callable[..., Path]) -> Path:
+    return tiny_mnet_repository(NAME, 5)
 
 
 def context(seed: int) -> PlanContext:

@@ -8,7 +8,7 @@ import io
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi import FastAPI
 
 from kadapt.bundles import Bundle
 from kadapt.masks import acs_lines
-from kadapt.nn.mnet import MNet, MNetGeometry, randomise_parameters
-from kadapt.nn.mnet_bundle import export_mnet_bundle
 from kadapt.sampler.api import create_app
 from kadapt.sampler.domain.mnet import MNetServing, open_mnet_session
 from kadapt.sampler.domain.planner import PolicyRegistry
@@ -37,19 +34,8 @@ def now_ms() -> float:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("models")
-    geometry = MNetGeometry(width=64, height=16, coils=2, num_acs=8)
-    model = randomise_parameters(MNet(geometry, channels=(8, 8), hidden=16), torch.Generator().manual_seed(1))
-    export_mnet_bundle(
-        model,
-        repo,
-        name=NAME,
-        accelerations=(4.0,),
-        training={"description": "UNTRAINED random weights (test)", "fallback": "equispaced"},
-        code_version="test",
-    )
-    return repo
+def repository(tiny_mnet_repository: Callable[..., Path]) -> Path:
+    return tiny_mnet_repository(NAME, 1, fallback="equispaced")
 
 
 def plan_body(**changes: Any) -> dict[str, Any]:

@@ -8,19 +8,16 @@ import base64
 import io
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi import FastAPI
 
 from kadapt.masks import acs_lines
-from kadapt.nn.mnet import MNet, MNetGeometry, randomise_parameters
-from kadapt.nn.mnet_bundle import export_mnet_bundle
 from kadapt.sampler.api import create_app
 from kadapt.sampler.settings import SamplerSettings
 from kadapt.schemas import PlanRequest, PlanResponse
@@ -32,19 +29,8 @@ PROBLEMS = "https://kadapt.dev/problems/"
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("models")
-    geometry = MNetGeometry(width=64, height=16, coils=2, num_acs=8)
-    model = randomise_parameters(MNet(geometry, channels=(8, 8), hidden=16), torch.Generator().manual_seed(3))
-    export_mnet_bundle(
-        model,
-        repo,
-        name=NAME,
-        accelerations=(4.0,),
-        training={"description": "UNTRAINED random weights (test)", "fallback": "equispaced"},
-        code_version="test",
-    )
-    return repo
+def repository(tiny_mnet_repository: Callable[..., Path]) -> Path:
+    return tiny_mnet_repository(NAME, 3, fallback="equispaced")
 
 
 def acs_npy(seed: int, *, dtype: type = np.complex64, fortran: bool = False) -> bytes:
