@@ -52,8 +52,27 @@ QUICK_TRAINING: dict[str, int] = {"epochs": 1, "steps_per_epoch": 2, "batch_size
 _MODEL_CLASSES: dict[str, type[nn.Module]] = {"unet": UNetRecon, "modl": MoDL, "vsharp": VSharp2D}
 
 
+class BundleOut:
+    """The ``out`` path ``REPOSITORY/NAME/VERSION`` of a training run's bundle, split into its parts."""
+
+    out: Path
+
+    @property
+    def repository(self) -> Path:
+        """The model repository the bundle goes to (``out``'s grandparent)."""
+        return self.out.parent.parent
+
+    @property
+    def bundle_name(self) -> str:
+        return self.out.parent.name
+
+    @property
+    def bundle_version(self) -> str:
+        return self.out.name
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(BundleOut):
     """Everything one ``kadapt train recon`` run needs, validated.
 
     ``out`` is ``REPOSITORY/NAME/VERSION`` of the bundle to write; ``runs`` holds checkpoints and
@@ -91,19 +110,6 @@ class TrainConfig:
     smp: bool = False
     smp_params: dict[str, Any] = field(default_factory=dict)
     policies: tuple[Path, ...] = ()
-
-    @property
-    def repository(self) -> Path:
-        """The model repository the bundle goes to (``out``'s grandparent)."""
-        return self.out.parent.parent
-
-    @property
-    def bundle_name(self) -> str:
-        return self.out.parent.name
-
-    @property
-    def bundle_version(self) -> str:
-        return self.out.name
 
 
 def read_config_document(path: Path) -> dict[str, Any]:

@@ -30,7 +30,13 @@ from kadapt.errors import GeometryMismatchError, InvalidAccelerationError, Inval
 from kadapt.masks import mask_families
 from kadapt.nn.physics import sense_adjoint
 from kadapt.nn.unet import UNetRecon
-from kadapt.trainer.config import CONFIG_DIR, check_bundle_out, config_section, read_config_document
+from kadapt.trainer.config import (
+    CONFIG_DIR,
+    BundleOut,
+    check_bundle_out,
+    config_section,
+    read_config_document,
+)
 
 SamplerMethod = Literal["mnet", "loupe", "energy-density"]
 SAMPLER_METHODS: tuple[str, ...] = get_args(SamplerMethod)
@@ -54,7 +60,7 @@ _TRAINING_KEYS = ("epochs", "steps_per_epoch", "batch_size", "sampler_updates", 
 
 
 @dataclass(frozen=True)
-class SamplerTrainConfig:
+class SamplerTrainConfig(BundleOut):
     """Everything one ``kadapt train sampler`` run needs, validated.
 
     ``out`` is ``REPOSITORY/NAME/VERSION`` of the one bundle written: a bundle serves every R in
@@ -93,19 +99,6 @@ class SamplerTrainConfig:
     resume: bool = False
     quick: bool = False
     config_file: Path | None = None
-
-    @property
-    def repository(self) -> Path:
-        """The model repository the bundle goes to (``out``'s grandparent)."""
-        return self.out.parent.parent
-
-    @property
-    def bundle_name(self) -> str:
-        return self.out.parent.name
-
-    @property
-    def bundle_version(self) -> str:
-        return self.out.name
 
     @property
     def co_trained(self) -> bool:
