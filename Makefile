@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KADAPT := $(VENV)/bin/kadapt
 DATA ?= data/default
-DEBS := redis-server bart ismrmrd-tools mricron-data dicom3tools
+DEBS := redis-server bart ismrmrd-tools mricron-data dicom3tools caddy
 
 .PHONY: setup debs venv data demo test lint typecheck contracts unit bench clean
 

@@ -3,7 +3,8 @@
 Every error the core or a service raises on purpose derives from :class:`KadaptError`. Each class
 carries a stable ``slug`` (the problem+json ``type`` is ``PROBLEM_BASE + slug``), an HTTP status and a
 short title; services map the whole tree to problem+json with one handler, the CLI prints the message.
-Domain code never raises ``HTTPException`` and never uses ``assert`` for runtime validation.
+Domain code never raises ``HTTPException`` and never uses ``assert`` for runtime validation. An error
+that needs response headers (``WWW-Authenticate``, ``Retry-After``) returns them from :meth:`headers`.
 
 ::
 
@@ -27,18 +28,23 @@ Domain code never raises ``HTTPException`` and never uses ``assert`` for runtime
     │   ├── UnknownConfigError            404  config-not-found      (MRD session config not kadapt's)
     │   └── BundleNotFoundError           404  bundle-not-found
     ├── InvalidStateError                 409  invalid-state         (operation not allowed in this state)
+    ├── UnauthenticatedError              401  unauthenticated       (no or invalid bearer token)
+    ├── ForbiddenError                    403  forbidden             (the token lacks the route's scope)
+    ├── RateLimitedError                  429  rate-limited          (the client is over its request rate)
     ├── BundleError                       500  bundle-invalid
     │   └── ChecksumMismatchError         500  checksum-mismatch
     ├── DeadlineExceededError             504  deadline-exceeded
     ├── PlanContractError                 500  plan-contract-violated (a policy's plan broke the contract)
     ├── ServiceUnavailableError           503  service-unavailable
     │   └── DependencyUnavailableError    503  dependency-unavailable (an external tool, e.g. bart, missing)
+    ├── InsufficientStorageError          507  insufficient-storage  (a volume is full: ENOSPC / EDQUOT)
     ├── ExternalToolError                 500  external-tool-failed  (an external tool exited non-zero)
     └── JobFailedError                    500  job-failed
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "https://kadapt.dev/problems/"
@@ -72,6 +78,10 @@ class KadaptError(Exception):
             problem["instance"] = instance
         problem.update({k: v for k, v in self.extra.items() if k not in problem})
         return problem
+
+    def headers(self) -> dict[str, str]:
+        """HTTP response headers this error's answer must carry (none by default)."""
+        return {}
 
 
 class InvalidInputError(KadaptError):
@@ -150,6 +160,41 @@ class InvalidStateError(KadaptError):
     slug, status, title = "invalid-state", 409, "Operation not allowed in the current state"
 
 
+class UnauthenticatedError(KadaptError):
+    """No bearer token, or one no client holds. ``reason`` (``missing-token``, ``malformed-header``,
+    ``invalid-token``) also chooses the RFC 6750 ``WWW-Authenticate`` challenge: a request without any
+    credentials gets no ``error`` attribute (section 3.1)."""
+
+    slug, status, title = "unauthenticated", 401, "Authentication required"
+
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="kadapt"'
+        if self.extra.get("reason", "missing-token") != "missing-token":
+            challenge += ', error="invalid_token"'
+        return {"www-authenticate": challenge}
+
+
+class ForbiddenError(KadaptError):
+    """A valid token without the scope the route needs (``required_scope``)."""
+
+    slug, status, title = "forbidden", 403, "Insufficient scope"
+
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="kadapt", error="insufficient_scope"'
+        required = self.extra.get("required_scope")
+        return {"www-authenticate": challenge + (f', scope="{required}"' if required else "")}
+
+
+class RateLimitedError(KadaptError):
+    """The client spent its token bucket; ``retry_after_s`` says when one request is allowed again."""
+
+    slug, status, title = "rate-limited", 429, "Too many requests"
+
+    def headers(self) -> dict[str, str]:
+        wait = float(self.extra.get("retry_after_s", 1.0))
+        return {"retry-after": str(max(1, math.ceil(wait)))}
+
+
 class BundleError(KadaptError):
     slug, status, title = "bundle-invalid", 500, "Invalid model bundle"
 
@@ -172,6 +217,13 @@ class ServiceUnavailableError(KadaptError):
 
 class DependencyUnavailableError(ServiceUnavailableError):
     slug, status, title = "dependency-unavailable", 503, "External dependency unavailable"
+
+
+class InsufficientStorageError(KadaptError):
+    """A write failed because its volume is full (``ENOSPC``) or over quota (``EDQUOT``): nothing was
+    half-written and the request can be repeated once space is freed (RFC 4918 status 507)."""
+
+    slug, status, title = "insufficient-storage", 507, "Insufficient storage"
 
 
 class ExternalToolError(KadaptError):

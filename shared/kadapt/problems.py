@@ -13,14 +13,16 @@ Every ``type`` is ``PROBLEM_BASE + <slug>``, stable for clients to switch on:
 
 Each service's ``api/problems.py`` registers handlers that call :func:`problem_for` (or
 :func:`validation_problem` / :func:`http_problem` for the framework's own exception types) and wraps the
-dict in a ``PROBLEM_MEDIA_TYPE`` response; the mapping itself lives here, once.
+dict in a ``PROBLEM_MEDIA_TYPE`` response; the mapping itself lives here, once. It also passes its app's
+OpenAPI document through :func:`document_problems`, so the document says what the handlers send.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from redis.exceptions import RedisError
@@ -38,6 +40,50 @@ _HTTP_SLUGS = {
     413: "payload-too-large",
     415: "unsupported-media-type",
 }
+
+
+PROBLEM_SCHEMA_NAME: Final = "Problem"
+PROBLEM_SCHEMA: Final[dict[str, Any]] = {
+    "title": PROBLEM_SCHEMA_NAME,
+    "description": "RFC 9457 problem details: `type` is a stable URI to switch on; some problems add "
+    "members (`errors` for invalid input, `stage` for a missed deadline, ...).",
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+# The framework's own validation-error schemas, unused once its 422 answers are documented as problems.
+_FRAMEWORK_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """``openapi`` (an app's OpenAPI document, changed in place and returned) with every 4xx / 5xx
+    response of every operation documented as ``application/problem+json`` with the :data:`PROBLEM_SCHEMA`.
+
+    That is what the services send for every error; without this the framework documents its request
+    validation 422 as ``application/json`` with a schema nobody receives, and a route's hand-written
+    error responses carry no schema. Idempotent.
+    """
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas[PROBLEM_SCHEMA_NAME] = PROBLEM_SCHEMA
+    problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA_NAME}"}}}
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict):  # a path-level ``parameters`` list
+                continue
+            for status, response in operation.get("responses", {}).items():
+                if str(status)[:1] in ("4", "5"):
+                    response["content"] = {media: dict(spec) for media, spec in problem.items()}
+    for name in _FRAMEWORK_ERROR_SCHEMAS:  # in order: the first refers to the second
+        if name in schemas and f'"#/components/schemas/{name}"' not in json.dumps(openapi):
+            del schemas[name]
+    return openapi
 
 
 def http_problem_type(status: int) -> str:

@@ -1,4 +1,4 @@
-"""``kadapt``: data, serve, up, replay, demo, bench.
+"""``kadapt``: data, serve, up, replay, demo, bench, train, jobs.
 
 Every command maps bad input to a message that names the bad value and a non-zero exit status.
 """
@@ -6,9 +6,7 @@ Every command maps bad input to a message that names the bad value and a non-zer
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +14,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from kadapt.cli.auth import auth_app
+from kadapt.cli.bench import bench_app
 from kadapt.cli.common import console, fail, progress_bar
+from kadapt.cli.jobs import jobs_app
 from kadapt.cli.train import train_app
 from kadapt.errors import KadaptError
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kadapt: adaptive MRI acquisition server.")
 data_app = typer.Typer(no_args_is_help=True, help="Offline data.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks with machine-readable (JSON) results.")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 SERVICE_NAMES = ("gateway", "sampler", "recon")
@@ -108,6 +108,10 @@ def up(
     redis_port: Annotated[int, typer.Option(help="redis-server port")] = 6390,
     mrd_port: Annotated[int, typer.Option(help="gateway's MRD streaming port (0: off)")] = 9002,
     models: Annotated[Path, typer.Option(help="model repository")] = Path("models"),
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(help="bearer tokens (client_id:scopes:sha256 lines): auth on for all services"),
+    ] = None,
 ) -> None:
     """redis-server + sampler + recon + gateway as separate processes on loopback; Ctrl-C stops them."""
     from kadapt.launcher.processes import ProcessStack
@@ -123,6 +127,7 @@ def up(
         log_dir=data_dir.resolve() / "logs",
         ports=ports,
         mrd=bool(mrd_port),
+        tokens_file=tokens_file.resolve() if tokens_file is not None else None,
     )
     stopping = False
 
@@ -141,6 +146,8 @@ def up(
         console.print(f"{name:8s} {stack.url(name) if name != 'redis' else stack.redis_url}")
     if stack.mrd_port is not None:
         console.print(f"{'mrd':8s} tcp://{stack.host}:{stack.mrd_port} (MRD streaming, gateway)")
+    auth = f"on, tokens from {tokens_file}" if stack.auth is not None else "OFF (no --tokens-file)"
+    console.print(f"auth: {auth}")
     console.print(f"logs in {data_dir / 'logs'}; Ctrl-C stops everything")
     try:
         while not stopping:
@@ -167,6 +174,9 @@ def replay(
     deadline_ms: Annotated[float, typer.Option(help="plan deadline")] = 200.0,
     tr_ms: Annotated[float, typer.Option(help="pace readouts by this repetition time")] = 0.0,
     models: Annotated[Path, typer.Option(help="model repository (embedded)")] = Path("models"),
+    token: Annotated[
+        str | None, typer.Option(envvar="KADAPT_TOKEN", help="bearer token for --gateway (env KADAPT_TOKEN)")
+    ] = None,
 ) -> None:
     """Play fully sampled files as a scanner would; score against the reference; write report.json."""
     from kadapt.replay.run import ReplaySettings
@@ -180,7 +190,7 @@ def replay(
         policies=policy, recons=recon, accelerations=R, num_acs=num_acs, deadline_ms=deadline_ms, tr_ms=tr_ms
     )
     try:
-        rows = asyncio.run(_replay(paths, settings, out, gateway, models))
+        rows = asyncio.run(_replay(paths, settings, out, gateway, models, token))
     except KadaptError as error:
         raise fail(error) from error
     from kadapt.launcher.demo import print_table
@@ -190,15 +200,19 @@ def replay(
 
 
 async def _replay(
-    paths: list[Path], settings: ReplaySettings, out: Path, gateway: str | None, models: Path
+    paths: list[Path],
+    settings: ReplaySettings,
+    out: Path,
+    gateway: str | None,
+    models: Path,
+    token: str | None = None,
 ) -> list[dict[str, object]]:
-    import httpx
-
+    from kadapt.replay.auth import gateway_client
     from kadapt.replay.report import aggregate
     from kadapt.replay.run import replay_files
 
     if gateway is not None:
-        async with httpx.AsyncClient(base_url=gateway, timeout=600.0) as client:
+        async with gateway_client(gateway, token=token, timeout_s=600.0) as client:
             results = await replay_files(client, paths, settings, out, progress=console.print)
     else:
         from kadapt.launcher.embedded import embedded_stack
@@ -231,173 +245,9 @@ def demo(
     console.print(f"report: {out / 'report.json'} ({len(rows)} rows), figures in {out / 'figures'}")
 
 
-@bench_app.command("ingest")
-def bench_ingest(
-    out: Annotated[Path, typer.Option(help="JSON result file")],
-    quick: Annotated[bool, typer.Option(help="CI-sized run")] = False,
-) -> None:
-    """Ingest throughput, single-acquisition latency and plan round trip through real uvicorn processes."""
-    from kadapt.launcher.bench import run_ingest_benchmark
-
-    try:
-        result = run_ingest_benchmark(quick=quick, console=console)
-    except KadaptError as error:
-        raise fail(error) from error
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
-
-
-@bench_app.command("plan-latency")
-def bench_plan_latency(
-    out: Annotated[Path, typer.Option(help="JSON result file")],
-    quick: Annotated[bool, typer.Option(help="CI-sized: 300 plans per geometry, 5 faithful runs")] = False,
-    threads: Annotated[int, typer.Option(min=1, help="ORT intra-op threads (sampler and faithful)")] = 1,
-) -> None:
-    """Served MNet plan latency (real sampler process, HTTP) at W=128 and W=320, and the faithful MNet's."""
-    from kadapt.launcher.bench_plan import run_plan_latency_benchmark
-
-    try:
-        result = run_plan_latency_benchmark(quick=quick, console=console, threads=threads)
-    except KadaptError as error:
-        raise fail(error) from error
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
-
-
-@bench_app.command("recon", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
-def bench_recon_command(
-    ctx: typer.Context,
-    data: Annotated[Path, typer.Option(help="dataset (kadapt data build); its test split is scored")],
-    out: Annotated[Path, typer.Option(help="JSON result file")],
-    bundles: Annotated[
-        list[Path] | None, typer.Option(help="learned bundles REPOSITORY/NAME/VERSION, e.g. --bundles a b")
-    ] = None,
-    accelerations: Annotated[
-        list[float] | None, typer.Option("--R", help="accelerations, e.g. --R 4 8 (default 4 8; quick 4)")
-    ] = None,
-    masks: Annotated[str, typer.Option(help="comma-separated 1D mask families")] = "equispaced,vd-random",
-    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 16, the trainer's)")] = None,
-    quick: Annotated[bool, typer.Option(help="CI-sized: 1 volume, 2 slices, R 4, 2 BART lamdas")] = False,
-    threads: Annotated[int | None, typer.Option(help="threads for every method (default: all cores)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the masks")] = 0,
-) -> None:
-    """Zero-filled, SENSE, CG-SENSE, L1-wavelet, BART pics and learned bundles on the held-out test split."""
-    from rich.console import Console as RichConsole
-
-    from kadapt.trainer.bench_recon import BenchSettings, run_recon_benchmark
-    from kadapt.trainer.bench_report import result_table
-
-    # `--R 4 8 --bundles a b`: click leaves the values after the first of each as extra arguments;
-    # numbers are accelerations, anything else a bundle.
-    extra_rates: list[float] = []
-    extra_bundles: list[Path] = []
-    for value in ctx.args:
-        try:
-            extra_rates.append(float(value))
-        except ValueError:
-            extra_bundles.append(Path(value))
-    if (extra_rates and not accelerations) or (extra_bundles and not bundles):
-        raise fail(ValueError(f"unexpected arguments {ctx.args}: only --R and --bundles take more values"))
-    settings = BenchSettings(
-        data=data,
-        bundles=tuple(bundles or ()) + tuple(extra_bundles),
-        accelerations=tuple(accelerations or ()) + tuple(extra_rates) or None,
-        masks=tuple(name.strip() for name in masks.split(",") if name.strip()),
-        num_acs=num_acs,
-        quick=quick,
-        threads=threads,
-        seed=seed,
-    )
-    try:
-        with progress_bar() as progress:
-            task = progress.add_task("bench recon", total=None)
-            result = run_recon_benchmark(
-                settings, progress=lambda what: progress.update(task, advance=1, description=what)
-            )
-    except KadaptError as error:
-        raise fail(error) from error
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    RichConsole(width=160).print(result_table(result))
-    console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
-
-
-@bench_app.command("sampling", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
-def bench_sampling_command(
-    ctx: typer.Context,
-    data: Annotated[Path, typer.Option(help="dataset (kadapt data build); its test split is scored")],
-    recon: Annotated[
-        str, typer.Option(help="classic method (cg-sense, ...) or recon bundle REPO/NAME/VERSION")
-    ],
-    out: Annotated[Path, typer.Option(help="JSON result file")],
-    samplers: Annotated[
-        list[Path] | None,
-        typer.Option(help="fixed-mask / mnet bundles REPO/NAME/VERSION, e.g. --samplers a b"),
-    ] = None,
-    accelerations: Annotated[
-        list[float] | None, typer.Option("--R", help="accelerations, e.g. --R 4 8 (default 4 8; quick 8)")
-    ] = None,
-    families: Annotated[str, typer.Option(help="comma-separated 1D mask families")] = ",".join(
-        ("equispaced", "vd-random", "gaussian-1d", "centre-only", "energy-density")
-    ),
-    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default W // 16, the trainer's)")] = None,
-    greedy_slices: Annotated[
-        int, typer.Option(min=1, help="training slices of the greedy population mask")
-    ] = 16,
-    search_recon: Annotated[
-        str, typer.Option(help="recon inside greedy / oracle: cg-sense, sense, same")
-    ] = "cg-sense",
-    quick: Annotated[bool, typer.Option(help="CI-sized: 2 volumes x 2 slices, R 8, 4 greedy slices")] = False,
-    threads: Annotated[int | None, typer.Option(help="threads (default: all cores)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the masks, the greedy slices and the bootstrap")] = 0,
-) -> None:
-    """Sampling policies (mask families, sampler bundles, greedy population mask, per-object oracle) under one
-    reconstruction on the held-out test split."""
-    from rich.console import Console as RichConsole
-
-    from kadapt.trainer.bench_sampling import SamplingBenchSettings, run_sampling_benchmark
-    from kadapt.trainer.bench_sampling_report import sampling_table
-
-    # `--R 4 8 --samplers a b`: click leaves the values after the first of each as extra arguments.
-    extra_rates: list[float] = []
-    extra_samplers: list[Path] = []
-    for value in ctx.args:
-        try:
-            extra_rates.append(float(value))
-        except ValueError:
-            extra_samplers.append(Path(value))
-    if (extra_rates and not accelerations) or (extra_samplers and not samplers):
-        raise fail(ValueError(f"unexpected arguments {ctx.args}: only --R and --samplers take more values"))
-    settings = SamplingBenchSettings(
-        data=data,
-        recon=recon,
-        samplers=tuple(samplers or ()) + tuple(extra_samplers),
-        accelerations=tuple(accelerations or ()) + tuple(extra_rates) or None,
-        families=tuple(name.strip() for name in families.split(",") if name.strip()),
-        num_acs=num_acs,
-        quick=quick,
-        seed=seed,
-        greedy_slices=greedy_slices,
-        search_recon=search_recon,
-        threads=threads,
-    )
-    try:
-        with progress_bar() as progress:
-            task = progress.add_task("bench sampling", total=None)
-            result = run_sampling_benchmark(
-                settings, progress=lambda what: progress.update(task, advance=1, description=what)
-            )
-    except KadaptError as error:
-        raise fail(error) from error
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    RichConsole(width=180).print(sampling_table(result))
-    console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
-
-
 app.add_typer(train_app, name="train")
+app.add_typer(auth_app, name="auth")
+app.add_typer(jobs_app, name="jobs")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from kadapt.errors import ServiceUnavailableError
+from kadapt.launcher.tokens import StackTokens, write_stack_tokens
 
 SERVICES = ("sampler", "recon", "gateway")
 
@@ -61,7 +62,9 @@ class ProcessStack:
     """Starts and stops the stack. ``services`` chooses which uvicorn services run (all by default);
     ``redis`` False runs the gateway and recon with in-memory stores (only useful for the gateway alone);
     ``mrd`` True has the gateway serve the MRD streaming protocol on ``ports["mrd"]`` (a free port unless
-    given; ``KADAPT_GATEWAY_MRD_PORT``).
+    given; ``KADAPT_GATEWAY_MRD_PORT``). ``tokens`` True (or a ``tokens_file``) turns bearer-token auth on
+    for all three services: ``auth`` then holds the tokens file, the gateway's sampler token and, without
+    a ``tokens_file``, one minted token per scope (``stack.auth.headers("scanner")``); default off.
     """
 
     data_dir: Path
@@ -74,6 +77,10 @@ class ProcessStack:
     log_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    replicas: dict[str, str] = field(default_factory=dict)  # replica name -> its service (start_replica)
+    tokens: bool = False
+    tokens_file: Path | None = None
+    auth: StackTokens | None = None
 
     def url(self, service: str) -> str:
         return f"http://{self.host}:{self.ports[service]}"
@@ -105,6 +112,8 @@ class ProcessStack:
         if self.mrd_port is not None:
             env["KADAPT_GATEWAY_MRD_PORT"] = str(self.mrd_port)
             env["KADAPT_GATEWAY_MRD_HOST"] = self.host
+        if self.auth is not None:
+            env.update(self.auth.environment())
         env.update(self.extra_env)
         return env
 
@@ -121,6 +130,8 @@ class ProcessStack:
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if (self.tokens or self.tokens_file is not None) and self.auth is None:
+            self.auth = write_stack_tokens(self.data_dir / "auth", self.tokens_file)
         for name in ("redis", *self.services, *(("mrd",) if self.mrd else ())):
             self.ports.setdefault(name, free_port())
         if self.redis:
@@ -131,12 +142,13 @@ class ProcessStack:
             self._wait_ready(name, timeout_s)
 
     def _spawn(self, name: str) -> None:
+        service = self.replicas.get(name, name)
         command = [
             sys.executable,
             "-m",
             "uvicorn",
             "--factory",
-            f"kadapt.launcher.factories:{name}",
+            f"kadapt.launcher.factories:{service}",
             "--host",
             self.host,
             "--port",
@@ -147,8 +159,17 @@ class ProcessStack:
         ]
         self._popen(name, command, self.environment())
 
+    def start_replica(self, service: str, name: str, timeout_s: float = 60.0) -> None:
+        """Start another process of ``service`` (e.g. a second recon worker) as ``name`` on its own port;
+        it shares the environment, and :meth:`start_service` / :meth:`kill_service` / :meth:`stop` know it."""
+        if service not in SERVICES or name in (*SERVICES, "redis", "mrd"):
+            raise ServiceUnavailableError(f"cannot start {name!r} as a replica of {service!r}")
+        self.replicas[name] = service
+        self.ports.setdefault(name, free_port())
+        self.start_service(name, timeout_s)
+
     def start_service(self, name: str, timeout_s: float = 60.0) -> None:
-        """(Re)start one service (or ``redis``) after a stop or kill, on the same port."""
+        """(Re)start one service, replica (or ``redis``) after a stop or kill, on the same port."""
         if name == "redis":
             self.start_redis()
             return
@@ -209,7 +230,7 @@ class ProcessStack:
             process.wait()
 
     def stop(self) -> None:
-        for name in reversed(("redis", *self.services)):
+        for name in (*reversed(self.replicas), *reversed(("redis", *self.services))):
             self.stop_service(name)
 
     def __enter__(self) -> ProcessStack:

@@ -1,8 +1,9 @@
 """The scanner side of one scan over the gateway's REST API (docs/api.md).
 
 ACS block first, then the plan (the gateway has already asked the sampler when the ACS completed), then
-only the planned lines in shots of ``shot_lines`` readouts, optionally paced by TR, then complete, wait
-for the reconstruction and fetch the images.
+only the planned lines in shots of ``shot_lines`` readouts, optionally paced by TR, then complete
+(:func:`acquire_scan`, the scanner's part), wait for the reconstruction and fetch the images
+(:func:`collect_scan`, which a scanner may leave to a viewer while it goes on with its next scan).
 """
 
 from __future__ import annotations
@@ -63,29 +64,46 @@ async def _send_lines(
     acs: frozenset[int],
     shot_lines: int,
     tr_ms: float,
-) -> None:
+) -> float:
+    """Post ``cells`` in shots, each after the ``tr_ms`` its readouts take to acquire; returns the
+    ``perf_counter`` time at which the last shot was sent (after its acquisition)."""
+    sent = time.perf_counter()
     for start in range(0, len(cells), shot_lines):
         shot = cells[start : start + shot_lines]
         if tr_ms > 0:
             await asyncio.sleep(tr_ms * len(shot) / 1000.0)
+        payload = scan.encode_lines(shot, acs)
+        sent = time.perf_counter()
         response = await client.post(
-            f"/v1/scans/{scan_id}/acquisitions",
-            content=scan.encode_lines(shot, acs),
-            headers={"content-type": MRD_STREAM},
+            f"/v1/scans/{scan_id}/acquisitions", content=payload, headers={"content-type": MRD_STREAM}
         )
         _raise_for_problem(response)
+    return sent
 
 
-async def replay_scan(
+@dataclass
+class AcquiredScan:
+    """A scan whose acquisition is over and whose reconstruction is queued (``complete`` answered at
+    ``completed_at``, a ``perf_counter`` time); :func:`collect_scan` waits for its images."""
+
+    scan_id: str
+    plan: PlanResponse
+    plan_ms: float
+    plan_rtt_ms: float
+    scan_seconds: float
+    completed_at: float
+
+
+async def acquire_scan(
     client: httpx.AsyncClient,
     scan: ReplayScan,
     policy: ScanPolicy,
     *,
     shot_lines: int = 32,
     tr_ms: float = 0.0,
-    timeout_s: float = 600.0,
-) -> ScanOutcome:
-    """Play ``scan`` into the gateway behind ``client`` and return the plan, mask and images."""
+) -> AcquiredScan:
+    """The scanner's part of ``scan``: create, ACS block, plan, planned lines, complete. The session is
+    deleted again if anything fails; otherwise :func:`collect_scan` (or the caller) deletes it."""
     started = time.perf_counter()
     info = scan.info
     response = await client.post(
@@ -106,12 +124,9 @@ async def replay_scan(
         acs = frozenset(range(acs_start, acs_start + policy.num_acs))
         acs_sorted = sorted(acs)
         acs_cells = _cells(slices, frames, [acs_sorted] * frames)
-        last_shot = max(0, len(acs_cells) - shot_lines)
-        await _send_lines(client, scan_id, scan, acs_cells[:last_shot], acs, shot_lines, tr_ms)
-        # The scanner's wait for a plan: from sending its last ACS shot until the plan is in hand
-        # (the gateway starts planning as soon as the ACS block is complete).
-        last_acs_sent = time.perf_counter()
-        await _send_lines(client, scan_id, scan, acs_cells[last_shot:], acs, shot_lines, tr_ms)
+        # The scanner's wait for a plan: from sending its last ACS shot (once acquired, i.e. after its
+        # TR pacing) until the plan is in hand (the gateway starts planning when the ACS block is complete).
+        last_acs_sent = await _send_lines(client, scan_id, scan, acs_cells, acs, shot_lines, tr_ms)
         asked = time.perf_counter()
         response = await client.get(f"/v1/scans/{scan_id}/plan")
         _raise_for_problem(response)
@@ -126,31 +141,65 @@ async def replay_scan(
         remaining = [[c for c in lines if c not in acs] for lines in per_frame]
         await _send_lines(client, scan_id, scan, _cells(slices, frames, remaining), acs, shot_lines, tr_ms)
         scan_seconds = time.perf_counter() - started
-        recon_started = time.perf_counter()
         response = await client.post(f"/v1/scans/{scan_id}/complete")
         _raise_for_problem(response)
-        final = await _wait_done(client, scan_id, timeout_s)
-        recon_seconds = time.perf_counter() - recon_started
+        return AcquiredScan(scan_id, plan, plan_ms, plan_rtt_ms, scan_seconds, time.perf_counter())
+    except BaseException:
+        await client.delete(f"/v1/scans/{scan_id}")
+        raise
+
+
+async def collect_scan(
+    client: httpx.AsyncClient,
+    acquired: AcquiredScan,
+    *,
+    timeout_s: float = 600.0,
+    poll_first_s: float = 0.02,
+    poll_max_s: float = 0.5,
+) -> ScanOutcome:
+    """Wait for the reconstruction of ``acquired`` (polling ``poll_first_s`` apart at first, then 1.5x
+    longer each time up to ``poll_max_s``), fetch the images and the mask, delete the session;
+    ``recon_seconds`` counts from the ``complete`` answer to the poll that saw the scan done."""
+    scan_id = acquired.scan_id
+    try:
+        final = await _wait_done(client, scan_id, timeout_s, poll_first_s, poll_max_s)
+        recon_seconds = time.perf_counter() - acquired.completed_at
         images = await _get_npy(client, f"/v1/scans/{scan_id}/images?format=npy")
         mask = await _get_npy(client, f"/v1/scans/{scan_id}/mask")
         return ScanOutcome(
             scan_id,
-            plan,
-            plan_ms,
-            plan_rtt_ms,
+            acquired.plan,
+            acquired.plan_ms,
+            acquired.plan_rtt_ms,
             mask.astype(bool),
             images.astype(np.float32),
             final,
-            scan_seconds,
+            acquired.scan_seconds,
             recon_seconds,
         )
     finally:
         await client.delete(f"/v1/scans/{scan_id}")
 
 
-async def _wait_done(client: httpx.AsyncClient, scan_id: str, timeout_s: float) -> ScanPublic:
+async def replay_scan(
+    client: httpx.AsyncClient,
+    scan: ReplayScan,
+    policy: ScanPolicy,
+    *,
+    shot_lines: int = 32,
+    tr_ms: float = 0.0,
+    timeout_s: float = 600.0,
+) -> ScanOutcome:
+    """Play ``scan`` into the gateway behind ``client`` and return the plan, mask and images."""
+    acquired = await acquire_scan(client, scan, policy, shot_lines=shot_lines, tr_ms=tr_ms)
+    return await collect_scan(client, acquired, timeout_s=timeout_s)
+
+
+async def _wait_done(
+    client: httpx.AsyncClient, scan_id: str, timeout_s: float, poll_first_s: float, poll_max_s: float
+) -> ScanPublic:
     deadline = time.monotonic() + timeout_s
-    delay = 0.02
+    delay = poll_first_s
     while True:
         response = await client.get(f"/v1/scans/{scan_id}")
         _raise_for_problem(response)
@@ -162,7 +211,7 @@ async def _wait_done(client: httpx.AsyncClient, scan_id: str, timeout_s: float) 
         if time.monotonic() > deadline:
             raise ServiceUnavailableError(f"scan {scan_id} still {scan.state.value} after {timeout_s:.0f} s")
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        delay = min(delay * 1.5, poll_max_s)
 
 
 async def _get_npy(client: httpx.AsyncClient, path: str) -> NDArray[np.generic]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +16,8 @@ class GatewaySettings(BaseSettings):
     Without ``redis_url`` sessions and jobs live in this process's memory (the embedded default).
     With ``mrd_port`` set the gateway also serves the MRD streaming protocol on TCP (``docs/mrd.md``;
     0 picks a free port); the ``mrd_*`` limits bound each connection's memory and time.
+    With ``auth_tokens_file`` / ``auth_tokens`` listing tokens, every ``/v1`` route needs a bearer token
+    (``docs/security.md``); ``sampler_token`` authenticates the gateway to a sampler that requires one.
     """
 
     model_config = SettingsConfigDict(env_prefix="KADAPT_GATEWAY_", extra="ignore")
@@ -37,6 +39,17 @@ class GatewaySettings(BaseSettings):
     )
     dicom_deidentify: bool = Field(
         default=False, description="default of the images endpoint's deidentify query for format=dicom"
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None, description="tokens file (client_id:scopes:sha256 lines, docs/security.md)"
+    )
+    auth_tokens: str | None = Field(
+        default=None, description="tokens-file lines in one variable (newline- or ';'-separated)"
+    )
+    rate_limit_per_s: float = Field(default=2000.0, ge=0.0, description="requests/s per client; 0 = off")
+    rate_limit_burst: float = Field(default=4000.0, ge=1.0, description="token-bucket size per client")
+    sampler_token: SecretStr | None = Field(
+        default=None, description="bearer token sent to the sampler (a scanner-scope token)"
     )
     log_json: bool = True
     log_level: str = "info"

@@ -24,7 +24,8 @@ class ReconSettings(BaseSettings):
     Without ``redis_url`` (and without a queue handed to ``create_app``) jobs live in an in-memory queue
     (the embedded default). ``blob_dir`` is the shared volume the gateway writes k-space and masks to
     (the gateway's ``<data_dir>/blobs``); images go there too. ``workers`` consumers run in this process,
-    named ``<consumer>-<i>`` when there is more than one.
+    named ``<consumer>-<i>`` when there is more than one. With ``auth_tokens_file`` / ``auth_tokens``
+    listing tokens, every ``/v1`` route needs a bearer token (``docs/security.md``).
     """
 
     model_config = SettingsConfigDict(env_prefix="KADAPT_RECON_", extra="ignore")
@@ -62,6 +63,14 @@ class ReconSettings(BaseSettings):
     inference_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime intra-op threads per session (0 = its default)"
     )
+    auth_tokens_file: Path | None = Field(
+        default=None, description="tokens file (client_id:scopes:sha256 lines, docs/security.md)"
+    )
+    auth_tokens: str | None = Field(
+        default=None, description="tokens-file lines in one variable (newline- or ';'-separated)"
+    )
+    rate_limit_per_s: float = Field(default=2000.0, ge=0.0, description="requests/s per client; 0 = off")
+    rate_limit_burst: float = Field(default=4000.0, ge=1.0, description="token-bucket size per client")
     stream: str = DEFAULT_STREAM
     group: str = DEFAULT_GROUP
     dead_stream: str = DEFAULT_DEAD_STREAM

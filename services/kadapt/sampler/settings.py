@@ -16,7 +16,9 @@ class SamplerSettings(BaseSettings):
     ``fallback_margin_ms``: time kept before a deadline to serve a model policy's fallback instead;
     ``mnet_fallback``: the 1d mask family an ``mnet`` bundle falls back to when its manifest names none;
     ``max_body_bytes``: the largest plan body accepted (413 above; 64 MiB holds a 640-line, 32-coil,
-    32-ACS block many times over)."""
+    32-ACS block many times over);
+    ``auth_tokens_file`` / ``auth_tokens``: bearer tokens for ``/v1`` (none: auth off, ``docs/security.md``);
+    ``rate_limit_per_s`` / ``rate_limit_burst``: the per-client token bucket."""
 
     model_config = SettingsConfigDict(env_prefix="KADAPT_SAMPLER_", extra="ignore")
 
@@ -27,3 +29,11 @@ class SamplerSettings(BaseSettings):
     fallback_margin_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
     mnet_fallback: str = "vd-random"
     max_body_bytes: int = Field(default=64 << 20, ge=1024)
+    auth_tokens_file: Path | None = Field(
+        default=None, description="tokens file (client_id:scopes:sha256 lines, docs/security.md)"
+    )
+    auth_tokens: str | None = Field(
+        default=None, description="tokens-file lines in one variable (newline- or ';'-separated)"
+    )
+    rate_limit_per_s: float = Field(default=2000.0, ge=0.0, description="requests/s per client; 0 = off")
+    rate_limit_burst: float = Field(default=4000.0, ge=1.0, description="token-bucket size per client")

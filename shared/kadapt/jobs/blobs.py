@@ -7,6 +7,7 @@ an ``.npy`` file under the shared blob root and the sha256 of its bytes; the rea
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -18,11 +19,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from kadapt.errors import ChecksumMismatchError, InvalidInputError, NotFoundError
+from kadapt.errors import ChecksumMismatchError, InsufficientStorageError, InvalidInputError, NotFoundError
 
 #: Keys are relative, slash-separated names of safe characters; ``.npy`` is appended.
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 _READ_CHUNK = 1 << 20
+
+
+#: ``errno`` values of a full volume: no space left, or the user's quota spent.
+VOLUME_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def volume_full(error: OSError, what: str) -> InsufficientStorageError | None:
+    """The typed error for ``error`` if it says the volume is full (``ENOSPC`` / ``EDQUOT``), else None;
+    ``what`` names the write that failed."""
+    if error.errno in VOLUME_FULL_ERRNOS:
+        return InsufficientStorageError(f"{what}: the volume is full ({error.strerror or error})")
+    return None
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -61,15 +74,27 @@ class BlobStore:
         """Write ``array`` (any shape and dtype, no objects) as ``<root>/<key>.npy``.
 
         Returns ``(absolute path, sha256 of the file bytes)``. The write is atomic (a temporary file in the
-        same directory, fsync, ``os.replace``) so a reader never sees a half-written blob.
+        same directory, fsync, ``os.replace``) so a reader never sees a half-written blob; a failed write
+        leaves nothing behind, and a full volume raises :class:`InsufficientStorageError`.
         """
         if array.dtype.hasobject:
             raise InvalidInputError(f"blob {key!r}: object arrays (dtype {array.dtype}) are not stored")
         target = self._path_for_key(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
         data = buffer.getvalue()
+        try:
+            self._write_atomically(target, data)
+        except OSError as error:
+            full = volume_full(error, f"writing blob {key!r} under {str(self.root)!r}")
+            if full is not None:
+                raise full from error
+            raise
+        return str(target), sha256_bytes(data)
+
+    @staticmethod
+    def _write_atomically(target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
         descriptor, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(descriptor, "wb") as handle:
@@ -80,7 +105,6 @@ class BlobStore:
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return str(target), sha256_bytes(data)
 
     def get_array(self, path: str | Path, sha256: str) -> NDArray[Any]:
         """Read the blob at ``path`` after checking it lies under the root and its bytes hash to ``sha256``.

@@ -44,6 +44,30 @@ class DeadLetter:
     reason: str
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of a queue for monitoring (the recon service exports it as gauges; an autoscaler reads
+    ``depth``).
+
+    ``depth``: jobs not yet acked, i.e. waiting for their first delivery plus ``pending``;
+    ``pending``: delivered and not yet acked (running, or held by a dead worker until reclaimed);
+    ``dead_letters``: jobs given up on so far; ``oldest_age_s``: age of the oldest job not yet acked,
+    measured from its enqueue time (0 when ``depth`` is 0).
+    """
+
+    depth: int
+    pending: int
+    dead_letters: int
+    oldest_age_s: float
+
+
+def enqueued_unix_ms(message_id: str) -> float | None:
+    """When the message was enqueued (unix ms), read from its id: both queues use Redis stream ids,
+    ``<milliseconds>-<sequence>``; None for an id of another form."""
+    head, _, _ = message_id.partition("-")
+    return float(head) if head.isdigit() else None
+
+
 @runtime_checkable
 class JobQueue(Protocol):
     """What the gateway (producer) and the recon workers (consumers) need from a queue."""
@@ -75,6 +99,10 @@ class JobQueue(Protocol):
 
     async def ping(self) -> bool:
         """True if the queue's backend answers."""
+        ...
+
+    async def stats(self) -> QueueStats:
+        """Depth, pending, dead letters and the oldest unacked job's age (see :class:`QueueStats`)."""
         ...
 
     async def close(self) -> None:
@@ -223,3 +251,15 @@ class MemoryJobQueue:
     async def dead_letter_count(self) -> int:
         """Jobs given up on so far."""
         return len(self.dead_letters)
+
+    async def stats(self) -> QueueStats:
+        """Every message not yet acked is in ``_jobs`` (new or pending); ages come from the ids."""
+        self._check_open()
+        now_ms = time.time() * 1000.0
+        enqueued = [ms for ms in map(enqueued_unix_ms, self._jobs) if ms is not None]
+        return QueueStats(
+            depth=len(self._jobs),
+            pending=len(self._pending),
+            dead_letters=len(self.dead_letters),
+            oldest_age_s=max(0.0, (now_ms - min(enqueued)) / 1000.0) if enqueued else 0.0,
+        )

@@ -29,7 +29,13 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kadapt.errors import ServiceUnavailableError
-from kadapt.jobs.queue import Delivery, check_claim_arguments, dead_letter_result
+from kadapt.jobs.queue import (
+    Delivery,
+    QueueStats,
+    check_claim_arguments,
+    dead_letter_result,
+    enqueued_unix_ms,
+)
 from kadapt.schemas.jobs import ReconJob, ReconResult
 
 DEFAULT_STREAM = "kadapt:recon:jobs"
@@ -271,6 +277,54 @@ class RedisJobQueue:
         """Entries in the dead-letter stream (``XLEN``)."""
         async with self._redis("XLEN"):
             return int(await self.client.xlen(self.dead_stream))
+
+    async def stats(self) -> QueueStats:
+        """One pipeline of ``XINFO GROUPS`` (pending, last-delivered-id and, from Redis 7.0, ``lag``: the
+        entries not yet delivered), ``XPENDING`` (oldest pending id), ``XLEN`` of the dead letters and
+        ``TIME`` (ages on the server's clock, the clock stream ids come from); then ``XRANGE`` for the
+        first undelivered entry. ``XLEN`` of the stream would be wrong: acked entries stay in it. Where
+        ``lag`` is missing (Redis 6.2, or unknown after a deletion) the undelivered entries are counted
+        with ``XRANGE`` after the last delivered id."""
+        await self._ensure_group()
+        async with self._redis("XINFO GROUPS XPENDING XLEN TIME"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xinfo_groups(self.stream)
+            pipe.xpending(self.stream, self.group)
+            pipe.xlen(self.dead_stream)
+            pipe.time()
+            groups, summary, dead_letters, server_time = await pipe.execute()
+        group = next((row for row in groups if _text(row["name"]) == self.group), None)
+        if group is None:
+            self._group_ready = False
+            raise ServiceUnavailableError(f"redis consumer group {self.group!r} on {self.stream!r} is gone")
+        last_delivered = _text(group["last-delivered-id"])
+        async with self._redis("XRANGE"):
+            first_new = await self.client.xrange(self.stream, min=f"({last_delivered}", count=1)
+        lag = group.get("lag")
+        undelivered = int(lag) if lag is not None else await self._count_after(last_delivered)
+        pending = int(summary["pending"])
+        oldest_ids = [_text(first_new[0][0])] if first_new else []
+        if pending and summary.get("min") is not None:
+            oldest_ids.append(_text(summary["min"]))
+        enqueued = [ms for ms in map(enqueued_unix_ms, oldest_ids) if ms is not None]
+        now_ms = int(server_time[0]) * 1000.0 + int(server_time[1]) / 1000.0
+        return QueueStats(
+            depth=undelivered + pending,
+            pending=pending,
+            dead_letters=int(dead_letters),
+            oldest_age_s=max(0.0, (now_ms - min(enqueued)) / 1000.0) if enqueued else 0.0,
+        )
+
+    async def _count_after(self, message_id: str, page: int = 1000) -> int:
+        """Entries after ``message_id`` (exclusive), counted page by page with ``XRANGE``."""
+        count, cursor = 0, message_id
+        while True:
+            async with self._redis("XRANGE"):
+                entries = await self.client.xrange(self.stream, min=f"({cursor}", count=page) or []
+            count += len(entries)
+            if len(entries) < page:
+                return count
+            cursor = _text(entries[-1][0])
 
     async def read_dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The first ``count`` dead-letter entries as ``{message_id, job, deliveries, reason}``."""

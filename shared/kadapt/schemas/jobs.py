@@ -6,7 +6,7 @@ from enum import Enum
 
 from pydantic import Field
 
-from kadapt.schemas._base import StrTuple, WireModel
+from kadapt.schemas._base import ModelName, StrTuple, WireModel
 
 
 class ReconStatus(str, Enum):
@@ -23,7 +23,7 @@ class ReconJob(WireModel):
 
     job_id: str
     scan_id: str
-    method: str
+    method: ModelName
     num_acs: int
     acceleration: float
     kspace_path: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pybase64
 from pydantic import Field, PrivateAttr
 
-from kadapt.schemas._base import IntTuple, IntTupleTuple, WireModel
+from kadapt.schemas._base import IntTuple, IntTupleTuple, ModelName, WireModel
 
 
 class PlanRequest(WireModel):
@@ -25,7 +25,7 @@ class PlanRequest(WireModel):
     """
 
     scan_id: str
-    policy: str
+    policy: ModelName
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     coils: int = Field(gt=0)

@@ -6,7 +6,7 @@ from enum import Enum
 
 from pydantic import Field
 
-from kadapt.schemas._base import IntTuple, StrTuple, WireModel
+from kadapt.schemas._base import IntTuple, ModelName, StrTuple, WireModel
 from kadapt.schemas.plans import PlanResponse
 
 
@@ -33,12 +33,14 @@ class ScanPolicy(WireModel):
     degraded) when the sampler is late, missing or failing.
     """
 
-    sampler: str = Field(default="vd-random", description="sampler policy (mask family or bundle name)")
+    sampler: ModelName = Field(default="vd-random", description="sampler policy (mask family or bundle name)")
     acceleration: float = Field(default=4.0, gt=1.0, le=64.0)
     num_acs: int = Field(default=16, ge=1, le=1024)
     plan_deadline_ms: float = Field(default=200.0, gt=0.0, le=60_000.0)
-    fallback: str = Field(default="vd-random", description="fixed mask family used when the sampler fails")
-    recon: str = Field(default="cg-sense", description="reconstruction method or bundle name")
+    fallback: ModelName = Field(
+        default="vd-random", description="fixed mask family used when the sampler fails"
+    )
+    recon: ModelName = Field(default="cg-sense", description="reconstruction method or bundle name")
     outputs: StrTuple = Field(default=("npy", "png", "mrd"))
     retrospective: bool = Field(
         default=False, description="fully sampled upload; the gateway keeps only the planned lines"

@@ -182,6 +182,10 @@ class FakeSampler:
     requests: list[PlanRequest] = field(default_factory=list)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz":  # the gateway's readiness body reports the sampler's
+            if self.mode == "down":
+                raise httpx.ConnectError("connection refused", request=request)
+            return httpx.Response(200, json={"status": "ready"})
         # JSON, or application/x-kadapt-plan when the request carries ACS (the gateway's fast path)
         plan_request = decode_plan_request(request.content, request.headers.get("content-type"))
         self.requests.append(plan_request)

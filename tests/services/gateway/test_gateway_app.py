@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 async def test_health_readiness_and_metrics(gateway: Gateway) -> None:
     assert (await gateway.client.get("/healthz")).json() == {"status": "ok"}
-    assert (await gateway.client.get("/readyz")).json() == {"status": "ready"}
+    ready = (await gateway.client.get("/readyz")).json()
+    expected = {"status": "ready", "store": "ok", "queue": "ok", "sampler": "ready", "auth": "disabled"}
+    assert ready == expected
     metrics = await gateway.client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "kadapt_gateway_http_request_seconds" in metrics.text

@@ -176,7 +176,7 @@ async def test_api_serves_the_fallback_within_the_deadline(
         assert plan.served_by == "vd-random"
         assert elapsed < 0.150 + 0.100  # deadline + tolerance (ingest, two requests, a slow CI core)
         metrics = (await gateway.client.get("/metrics")).text
-        assert f'kadapt_gateway_degraded_total{{reason="{reason.split(":")[0]}"}} 1.0' in metrics
+        assert f'kadapt_gateway_fallback_total{{reason="{reason.split(":")[0]}"}} 1.0' in metrics
         assert 'kadapt_gateway_plans_total{outcome="fallback"} 1.0' in metrics
 
 

@@ -270,10 +270,10 @@ async def test_a_storage_failure_releases_the_claimed_lines(
     scan_id = await gateway.create_scan(scanner)
     kspace_files = gateway.app.state.service.kspace_files
 
-    def disk_full(*args: object) -> None:
-        raise OSError(28, "No space left on device")
+    def disk_broken(*args: object) -> None:
+        raise OSError(5, "Input/output error")  # a full volume is 507 instead: test_gateway_faults.py
 
-    monkeypatch.setattr(kspace_files, "write_lines", disk_full)
+    monkeypatch.setattr(kspace_files, "write_lines", disk_broken)
     failed = await gateway.send(scan_id, scanner.readouts([(0, 0, 0), (1, 0, 0)]))
     assert failed.status_code == 503
     assert failed.json()["type"].endswith("/service-unavailable")

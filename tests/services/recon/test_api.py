@@ -58,7 +58,7 @@ async def test_health_methods_and_a_job_round_trip(tmp_path: Path, stage_job: Ca
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"status": "ready", "workers": 1}
+        assert ready.json() == {"status": "ready", "workers": 1, "auth": "disabled"}
 
         methods = (await client.get("/v1/methods")).json()
         assert [m["name"] for m in methods] == ["zero-filled", "sense", "cg-sense", "l1-wavelet"]
@@ -152,7 +152,7 @@ async def test_workers_from_environment(tmp_path: Path, monkeypatch: pytest.Monk
     )
     app = create_app(settings)  # no queue, no redis_url: in-memory
     async with serve(app) as client:
-        assert (await client.get("/readyz")).json() == {"status": "ready", "workers": 2}
+        assert (await client.get("/readyz")).json() == {"status": "ready", "workers": 2, "auth": "disabled"}
         runtime = app.state.runtime
         assert isinstance(runtime.queue, MemoryJobQueue)
         assert [w.consumer for w in runtime.workers] == ["host-7-0", "host-7-1"]

@@ -1,14 +1,16 @@
-"""BlobStore: atomic .npy round trip, sha256 over the file bytes, path confinement."""
+"""BlobStore: atomic .npy round trip, sha256 over the file bytes, path confinement, a full volume."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kadapt.errors import ChecksumMismatchError, InvalidInputError, NotFoundError
+from kadapt.errors import ChecksumMismatchError, InsufficientStorageError, InvalidInputError, NotFoundError
 from kadapt.jobs.blobs import BlobStore
 
 
@@ -103,3 +105,29 @@ def test_delete(tmp_path: Path) -> None:
     assert store.delete(path) is True
     assert not Path(path).exists()
     assert store.delete(path) is False
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_volume_is_typed_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def full(*args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    store = BlobStore(tmp_path)
+    monkeypatch.setattr(os, "fsync", full)  # the bytes are written, flushing them fails
+    with pytest.raises(InsufficientStorageError, match="volume is full") as caught:
+        store.put_array("scans/a/kspace", np.zeros(3))
+    assert caught.value.status == 507
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+def test_other_write_errors_stay_os_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError, match="Input/output") as caught:
+        BlobStore(tmp_path).put_array("x", np.zeros(3))
+    assert caught.value.errno == errno.EIO
+    assert list(tmp_path.iterdir()) == []

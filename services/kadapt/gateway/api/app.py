@@ -16,6 +16,7 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from kadapt.gateway.api.auth import install_auth
 from kadapt.gateway.api.limits import BodySizeLimit
 from kadapt.gateway.api.observability import RequestContext, configure_logging
 from kadapt.gateway.api.problems import install_problem_handlers
@@ -63,6 +64,7 @@ def create_app(
         margin_ms=settings.sampler_margin_ms,
         margin_fraction=settings.sampler_margin_fraction,
         metrics=PlanMetrics(registry),
+        token=settings.sampler_token.get_secret_value() if settings.sampler_token else None,
     )
     service = ScanService(
         store=store,
@@ -98,6 +100,7 @@ def create_app(
     app.state.service = service
     app.state.mrd_server = mrd_server
     app.state.registry = registry
+    install_auth(app, settings)
     install_problem_handlers(app)
     app.include_router(router)
     app.add_middleware(RequestContext, registry=registry)

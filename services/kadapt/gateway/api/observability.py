@@ -2,7 +2,9 @@
 
 :class:`RequestContext` is pure ASGI: it takes the ``X-Request-ID`` header (or makes one), binds it and
 the scan id from the path into structlog's context variables for every log line of the request, echoes
-it in the response and logs one ``request`` event with method, path, status and duration.
+it in the response and logs one ``request`` event with method, path, status, duration and the
+authenticated client (when auth is on). Every event passes :func:`kadapt.mrd.redact.redact_log_event`
+(patient keys dropped, MRD header patient fields blanked, tracebacks included) before rendering.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import uuid
 import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kadapt.mrd.redact import redact_log_event
 
 _SCAN_PATH = re.compile(r"^/v1/scans/([^/]+)")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -34,6 +38,8 @@ def configure_logging(*, json_logs: bool, level: str) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_log_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
@@ -90,4 +96,5 @@ class RequestContext:
                     path=path,
                     status=status,
                     duration_ms=round(elapsed * 1000.0, 3),
+                    client=scope.get("state", {}).get("client_id"),
                 )

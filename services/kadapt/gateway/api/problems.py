@@ -4,6 +4,7 @@ the kadapt error tree, request validation, framework HTTP errors, Redis outages 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,11 +12,13 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from kadapt.errors import KadaptError
 from kadapt.problems import (
     BODYLESS_STATUSES,
     PROBLEM_MEDIA_TYPE,
+    document_problems,
     http_problem,
     problem_for,
     validation_problem,
@@ -35,6 +38,20 @@ def problem_response(problem: dict[str, object], headers: Mapping[str, str] | No
     )
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on the request's path. Starlette's 405 ``Allow`` lists only the
+    first route that matched the path (``GET`` for ``/v1/scans/{id}``, which also serves ``DELETE``)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
 async def handle_error(request: Request, exc: Exception) -> Response:
     path = request.url.path
     if isinstance(exc, RequestValidationError):
@@ -42,12 +59,27 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code in BODYLESS_STATUSES:
             return Response(status_code=exc.status_code, headers=exc.headers)
-        return problem_response(http_problem(exc.status_code, request.method, path, exc.detail), exc.headers)
+        headers = exc.headers
+        allowed = allowed_methods(request) if exc.status_code == 405 else []
+        if allowed:
+            kept = {name: value for name, value in (headers or {}).items() if name.lower() != "allow"}
+            headers = {**kept, "Allow": ", ".join(allowed)}
+        return problem_response(http_problem(exc.status_code, request.method, path, exc.detail), headers)
+    problem = problem_for(exc, service=SERVICE, method=request.method, instance=path)
+    # WWW-Authenticate on 401/403, Retry-After on 429.
+    headers = exc.headers() if isinstance(exc, KadaptError) else None
     # Starlette's ServerErrorMiddleware re-raises a bug after this handler answers, for the server's log.
-    return problem_response(problem_for(exc, service=SERVICE, method=request.method, instance=path))
+    return problem_response(problem, headers)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    """Register :func:`handle_error` on ``app`` for every error kind the mapping covers."""
+    """Register :func:`handle_error` on ``app`` for every error kind the mapping covers, and document
+    every error response of its OpenAPI as problem+json (:func:`kadapt.problems.document_problems`)."""
     for kind in (KadaptError, RequestValidationError, StarletteHTTPException, RedisError, Exception):
         app.add_exception_handler(kind, handle_error)
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return document_problems(build_openapi())
+
+    app.openapi = openapi  # type: ignore[method-assign]

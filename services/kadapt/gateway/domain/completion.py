@@ -7,12 +7,13 @@ acquired and the bool mask ``(slice, frame, W)`` of the acquired lines.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import numpy as np
 from numpy.typing import NDArray
 
-from kadapt.errors import InvalidStateError
+from kadapt.errors import InvalidStateError, KadaptError
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.session import ScanSession, describe_key, mask_to_keys, now_unix_ms
 from kadapt.jobs import BlobStore
@@ -71,12 +72,17 @@ def write_recon_job(
     """Write k-space and mask blobs and describe the job (blocking I/O: run it in a worker thread).
 
     ``acquired``: bool ``(slice, frame, W)``; the k-space blob is ``(slice, frame, coil, H, W)`` complex64
-    zero where ``acquired`` is False.
+    zero where ``acquired`` is False. All or nothing: if the mask cannot be written (a full volume raises
+    :class:`~kadapt.errors.InsufficientStorageError`) the k-space blob is removed again.
     """
     job_id = uuid.uuid4().hex
     kspace = kspace_files.read_masked(session.scan_id, acquired)
     kspace_path, kspace_sha256 = blobs.put_array(f"scans/{session.scan_id}/{job_id}-kspace", kspace)
-    mask_path, mask_sha256 = blobs.put_array(f"scans/{session.scan_id}/{job_id}-mask", acquired)
+    try:
+        mask_path, mask_sha256 = blobs.put_array(f"scans/{session.scan_id}/{job_id}-mask", acquired)
+    except BaseException:
+        blobs.delete(kspace_path)
+        raise
     return ReconJob(
         job_id=job_id,
         scan_id=session.scan_id,
@@ -91,6 +97,26 @@ def write_recon_job(
         header_xml=session.header_xml,
         created_unix_ms=now_unix_ms(),
     )
+
+
+def reopen_requeued(session: ScanSession) -> bool:
+    """A scan failed by its recon job's result whose result has since been deleted -- an operator
+    requeued the dead-lettered job (``kadapt jobs requeue``) -- waits for the job again: back to
+    ``reconstructing``. The caller has checked that the result is gone; True if the session changed."""
+    if session.state != ScanState.failed or session.recon_job is None:
+        return False
+    session.transition(ScanState.reconstructing)
+    session.error = None
+    session.recon_method_used = None
+    session.recon_fallback_reason = None
+    return True
+
+
+def delete_job_blobs(blobs: BlobStore, job: ReconJob) -> None:
+    """Remove a job's k-space and mask blobs (a job that was written but never enqueued)."""
+    for path in (job.kspace_path, job.mask_path):
+        with contextlib.suppress(KadaptError, OSError):
+            blobs.delete(path)
 
 
 def apply_result(session: ScanSession, result: ReconResult) -> bool:

@@ -22,7 +22,8 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from numpy.typing import NDArray
 
-from kadapt.errors import InvalidHeaderError, InvalidInputError
+from kadapt.errors import InvalidHeaderError, InvalidInputError, ServiceUnavailableError
+from kadapt.jobs.blobs import volume_full
 from kadapt.schemas import ScanGeometry
 
 _SCAN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -62,12 +63,25 @@ class KspaceFiles:
             )
 
     def create(self, scan_id: str, geometry: ScanGeometry) -> None:
-        """Create the zero-filled (sparse) file ``(slice, frame, W, coil, H)``."""
+        """Create the zero-filled (sparse) file ``(slice, frame, W, coil, H)``; a full volume raises
+        :class:`InsufficientStorageError` (any other OS error :class:`ServiceUnavailableError`) and
+        leaves no directory behind."""
         self.check_size(geometry)
-        self.directory(scan_id).mkdir(parents=True, exist_ok=False)
-        self._open[scan_id] = open_memmap(
-            self.path(scan_id), mode="w+", dtype=np.complex64, shape=self.shape(geometry)
-        )
+        directory = self.directory(scan_id)
+        try:
+            directory.mkdir(parents=True, exist_ok=False)
+            self._open[scan_id] = open_memmap(
+                self.path(scan_id), mode="w+", dtype=np.complex64, shape=self.shape(geometry)
+            )
+        except OSError as error:
+            if not isinstance(error, FileExistsError):  # never remove another scan's directory
+                self.delete(scan_id)
+            full = volume_full(error, f"scan {scan_id}: creating its k-space file")
+            if full is not None:
+                raise full from error
+            raise ServiceUnavailableError(
+                f"scan {scan_id}: creating its k-space file failed: {error}"
+            ) from error
 
     def open(self, scan_id: str) -> np.memmap[tuple[int, ...], np.dtype[np.complex64]]:
         """The scan's line-major memmap ``(slice, frame, W, coil, H)`` (opened read-write, cached)."""

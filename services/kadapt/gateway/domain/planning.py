@@ -26,21 +26,40 @@ from kadapt.masks import get_family, line_budget, make_mask
 from kadapt.schemas import PlanRequest, PlanResponse, ScanGeometry, ScanPolicy
 from kadapt.schemas.plan_binary import PLAN_BINARY_MEDIA_TYPE, encode_plan_body
 
-PLAN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+# Seconds. Dense from 1 to 100 ms so that a histogram_quantile near the usual plan deadlines (5, 10,
+# 20, 50, 100 ms each fall on a boundary) is resolved, with 40 / 75 ms to see a plan closing in on them.
+PLAN_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
 
 
 class PlanMetrics:
-    """``plans_total{outcome}``, ``plan_seconds``, ``degraded_total{reason}`` on one registry."""
+    """``kadapt_gateway_plans_total{outcome}``, ``kadapt_gateway_plan_seconds``,
+    ``kadapt_gateway_fallback_total{reason}`` (the fallback plans; one counter, the reason without the
+    detail after ``:``) and ``kadapt_gateway_deadline_miss_total`` (plans recorded, i.e. answerable to
+    the scanner, after the round's deadline), on one registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.plans = Counter(
-            "kadapt_gateway_plans", "Plans answered, by outcome", ["outcome"], registry=registry
+            "kadapt_gateway_plans",
+            "Plans recorded for a round (one per round), by outcome",
+            ["outcome"],
+            registry=registry,
         )
         self.seconds = Histogram(
-            "kadapt_gateway_plan_seconds", "Time to a plan answer", buckets=PLAN_BUCKETS, registry=registry
+            "kadapt_gateway_plan_seconds",
+            "Time from a round's start (its ACS block in) to the plan recorded for it",
+            buckets=PLAN_BUCKETS,
+            registry=registry,
         )
-        self.degraded = Counter(
-            "kadapt_gateway_degraded", "Degraded (fallback) plans, by reason", ["reason"], registry=registry
+        self.fallbacks = Counter(
+            "kadapt_gateway_fallback", "Fallback (degraded) plans, by reason", ["reason"], registry=registry
+        )
+        self.deadline_misses = Counter(
+            "kadapt_gateway_deadline_miss",
+            "Plans that became the scanner's answer after the round's deadline",
+            registry=registry,
         )
 
     def observe(self, plan: PlanResponse, seconds: float) -> None:
@@ -48,7 +67,10 @@ class PlanMetrics:
         self.seconds.observe(seconds)
         if plan.degraded:
             # Keep the label set small: the detail after ':' stays in the response and the logs.
-            self.degraded.labels(reason=(plan.reason or "unknown").split(":", 1)[0]).inc()
+            self.fallbacks.labels(reason=(plan.reason or "unknown").split(":", 1)[0]).inc()
+
+    def deadline_missed(self) -> None:
+        self.deadline_misses.inc()
 
 
 @dataclass(frozen=True)
@@ -231,13 +253,32 @@ class Planner:
         margin_fraction: float = 0.05,
         metrics: PlanMetrics | None = None,
         binary_acs: bool = True,
+        token: str | None = None,
     ) -> None:
         self.client = client
         self.binary_acs = binary_acs
+        # The sampler's bearer token (``sampler_token``), sent on every plan call when set.
+        self.auth_headers = {"authorization": f"Bearer {token}"} if token else {}
         self.plan_url = sampler_url.rstrip("/") + "/v1/plan"
+        self.readyz_url = sampler_url.rstrip("/") + "/readyz"
         self.margin_ms = margin_ms
         self.margin_fraction = margin_fraction
         self.metrics = metrics
+
+    async def sampler_status(self, timeout_s: float = 0.25) -> str:
+        """The sampler's readiness as seen from here, for the gateway's ``/readyz`` body: ``ready``,
+        ``unready: http-<status>`` or ``down: <error>``. Informational only: a sampler that is down
+        never makes the gateway unready, the fallback mask answers every plan meanwhile. The short
+        ``timeout_s`` keeps a hung sampler from timing out the gateway's own readiness probe."""
+        try:
+            response = await asyncio.wait_for(
+                self.client.get(self.readyz_url, timeout=httpx.Timeout(timeout_s)), timeout=timeout_s
+            )
+        except asyncio.TimeoutError:
+            return "down: no answer within the timeout"
+        except Exception as error:  # whatever the sampler (or an in-process transport) does, report it
+            return f"down: {type(error).__name__}"
+        return "ready" if response.status_code == 200 else f"unready: http-{response.status_code}"
 
     def margin_for(self, policy: ScanPolicy) -> float:
         """Milliseconds kept back from the deadline to compute and send the fallback."""
@@ -245,11 +286,9 @@ class Planner:
 
     async def plan(self, context: PlanContext) -> PlanResponse:
         """The plan for ``context``: the sampler's if it answers validly in time, else the fallback."""
-        started = time.perf_counter()
-        plan = await self._ask_sampler(context, started)
-        if self.metrics is not None:
-            self.metrics.observe(plan, time.perf_counter() - started)
-        return plan
+        # Not observed here: the metrics count the answer a round records (``PlanRounds.record``), so a
+        # sampler answer that loses to the deadline's fallback is not counted twice.
+        return await self._ask_sampler(context, time.perf_counter())
 
     async def _ask_sampler(self, context: PlanContext, started: float) -> PlanResponse:
         def fallback(reason: str) -> PlanResponse:
@@ -267,7 +306,7 @@ class Planner:
                 self.client.post(
                     self.plan_url,
                     content=body,
-                    headers={"content-type": content_type},
+                    headers={"content-type": content_type, **self.auth_headers},
                     timeout=httpx.Timeout(budget_s),
                 ),
                 timeout=budget_s,

@@ -120,6 +120,15 @@ class PlanRounds:
 
         session, applied = await self.store.update(scan_id, record)
         if applied:
+            # The recorded plan is the scanner's answer from now on: later than the deadline is a miss.
+            # The latency observed is the round's, from its start (deadline - plan_deadline_ms) to now.
+            deadline = session.plan_deadline_unix_ms
+            late_ms = now_unix_ms() - deadline if deadline is not None else -session.policy.plan_deadline_ms
+            if self.planner.metrics is not None:
+                round_ms = max(0.0, session.policy.plan_deadline_ms + late_ms)
+                self.planner.metrics.observe(plan, round_ms / 1000.0)
+                if late_ms > 0:
+                    self.planner.metrics.deadline_missed()
             log.info(
                 "plan_recorded",
                 scan_id=scan_id,
@@ -128,6 +137,7 @@ class PlanRounds:
                 reason=plan.reason,
                 served_by=plan.served_by,
                 elapsed_ms=round(plan.elapsed_ms, 3),
+                late_ms=round(late_ms, 3) if late_ms > 0 else 0.0,
             )
             if self.on_recorded is not None:
                 self.on_recorded(session)
@@ -163,8 +173,6 @@ class PlanRounds:
             if current.plan_is_current and current.plan is not None:
                 return current.plan
         plan = fallback_plan(self.context(session, with_acs=False), "sampler-timeout")
-        if self.planner.metrics is not None:
-            self.planner.metrics.observe(plan, max(0.0, session.policy.plan_deadline_ms / 1000.0))
         return await self.record(scan_id, plan)
 
     async def next_round_if_due(self, session: ScanSession) -> None:

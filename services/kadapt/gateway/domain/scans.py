@@ -35,6 +35,7 @@ from kadapt.gateway.domain.session import (
 )
 from kadapt.gateway.domain.store import SessionStore
 from kadapt.jobs import BlobStore, JobQueue
+from kadapt.jobs.blobs import volume_full
 from kadapt.schemas import IngestReport, PlanResponse, ScanCreate, ScanPublic, ScanState
 
 T = TypeVar("T")
@@ -113,16 +114,23 @@ class ScanService:
         return session.public(0)
 
     async def refresh(self, scan_id: str) -> ScanSession:
-        """The session, moved to done / failed first if its recon result has appeared."""
+        """The session, moved to done / failed first if its recon result has appeared (and from failed
+        back to reconstructing if that result has vanished: its dead-lettered job was requeued)."""
         session = await self.store.get(scan_id)
-        if session.state == ScanState.reconstructing and session.recon_job is not None:
-            result = await self.queue.get_result(session.recon_job.job_id)
-            if result is not None:
-                session, changed = await self.store.update(
-                    scan_id, lambda s: completion.apply_result(s, result)
-                )
+        if session.recon_job is None or session.state not in (ScanState.reconstructing, ScanState.failed):
+            return session
+        job_id = session.recon_job.job_id
+        result = await self.queue.get_result(job_id)
+        if session.state == ScanState.failed:
+            if result is None:
+                session, changed = await self.store.update(scan_id, completion.reopen_requeued)
                 if changed:
-                    log.info("scan_finished", scan_id=scan_id, state=session.state.value, error=session.error)
+                    log.info("scan_reopened", scan_id=scan_id, job_id=job_id)
+            return session
+        if result is not None:
+            session, changed = await self.store.update(scan_id, lambda s: completion.apply_result(s, result))
+            if changed:
+                log.info("scan_finished", scan_id=scan_id, state=session.state.value, error=session.error)
         return session
 
     async def get_scan(self, scan_id: str) -> ScanPublic:
@@ -145,7 +153,10 @@ class ScanService:
             await self.promote_staged(scan_id)
         if parsed.close:
             await self.complete(scan_id, force=True)
-        session = await self.store.get(scan_id)
+        if parsed.close or staged_keys.size or (session.plan is not None and not session.plan.final):
+            # Completion, promotion or a next plan round changed the session; otherwise the one stored
+            # above is current (one Redis round trip less on the scanner's path).
+            session = await self.store.get(scan_id)
         # Held lines of this request end up in the scan (planned), dropped (unplanned) or still held.
         kept = await self.store.count_present(scan_id, staged_keys.tolist()) if staged_keys.size else 0
         resolved = (
@@ -229,6 +240,9 @@ class ScanService:
         except OSError as error:
             # The samples did not reach the volume: undo the claim so the scanner can send them again.
             await self.store.release_lines(scan_id, parsed.keys[keep].tolist())
+            full = volume_full(error, f"scan {scan_id}: storing k-space")
+            if full is not None:
+                raise full from error
             raise ServiceUnavailableError(f"scan {scan_id}: storing k-space failed: {error}") from error
         noise = parsed.noise
         planned = session.planned_mask()
@@ -306,16 +320,26 @@ class ScanService:
             session = await self.store.get(scan_id)
             acquired = keys_to_mask(await self.store.line_keys(scan_id), session.geometry)
             completion.check_completion(session, acquired, force=force)
+            # The blobs first: if they cannot be written (a full volume: 507) the scan stays as it was and
+            # completing can be repeated once space is freed.
+            try:
+                job = await asyncio.to_thread(
+                    completion.write_recon_job, session, self.kspace_files, self.blobs, acquired
+                )
+            except OSError as error:
+                reason = f"writing the recon blobs failed: {error}"
+                raise ServiceUnavailableError(f"scan {scan_id}: {reason}") from error
 
             def mark_complete(current: ScanSession) -> None:
                 completion.check_completion(current, acquired, force=force)
                 current.transition(ScanState.complete)
 
-            session, _ = await self.store.update(scan_id, mark_complete)
             try:
-                job = await asyncio.to_thread(
-                    completion.write_recon_job, session, self.kspace_files, self.blobs, acquired
-                )
+                session, _ = await self.store.update(scan_id, mark_complete)
+            except BaseException:
+                completion.delete_job_blobs(self.blobs, job)
+                raise
+            try:
                 await self.queue.enqueue(job)
             except (KadaptError, OSError) as error:
                 reason = f"enqueueing the recon job failed: {error}"

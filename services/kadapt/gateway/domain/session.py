@@ -8,6 +8,8 @@
 ``calibrating`` starts with the first stored line; ``planning`` when every ACS line of every
 (slice, frame) is in; ``acquiring`` when the plan of the round is known; ``complete`` when all planned
 lines are in or the scanner says so (``force`` / a CLOSE message). Any live state may go to ``failed``.
+A scan failed by its recon job's result goes back to ``reconstructing`` when that result vanishes: an
+operator requeued the dead-lettered job (``kadapt jobs requeue``, docs/faults.md).
 The record is framework-free and JSON-serialisable (one JSON document per scan in the store); the
 acquired line set lives beside it in the store as integer line keys (:func:`line_keys`).
 """
@@ -34,7 +36,7 @@ ALLOWED_TRANSITIONS: dict[ScanState, frozenset[ScanState]] = {
     S.complete: frozenset({S.reconstructing, S.failed}),
     S.reconstructing: frozenset({S.done, S.failed}),
     S.done: frozenset(),
-    S.failed: frozenset(),
+    S.failed: frozenset({S.reconstructing}),  # only when its dead-lettered recon job is requeued
 }
 
 # States in which the scanner may still send acquisitions.

@@ -23,10 +23,12 @@ from kadapt.classic import ClassicParameters
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue, MemoryJobQueue
 from kadapt.jobs.redis_queue import RedisJobQueue
+from kadapt.recon.api.auth import install_auth
 from kadapt.recon.api.problems import install_problem_handlers
 from kadapt.recon.api.routes import ReconRuntime, router
 from kadapt.recon.domain.learned import load_learned
 from kadapt.recon.domain.methods import MethodRegistry, default_registry
+from kadapt.recon.domain.monitoring import ReconGauges
 from kadapt.recon.domain.worker import ReconMetrics, ReconWorker
 from kadapt.recon.settings import ReconSettings
 
@@ -90,6 +92,7 @@ def create_app(
         ),
         registry=registry,
         run_worker=run_worker,
+        gauges=ReconGauges(registry),
     )
 
     @asynccontextmanager
@@ -105,6 +108,8 @@ def create_app(
         catalogue.set_observer(lambda ref, seconds: inference_seconds.labels(bundle=ref).observe(seconds))
         state.methods.attach_learned(catalogue)
         state.learned = catalogue
+        if state.gauges is not None:
+            state.gauges.record_models(catalogue.statuses)
         owned_queue = queue is None
         active_queue = queue if queue is not None else build_queue(settings)
         state.queue = active_queue
@@ -142,6 +147,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = state
+    install_auth(app, settings)
     install_problem_handlers(app)
     app.include_router(router)
     return app

@@ -10,12 +10,15 @@ import pydantic
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from kadapt.auth import AUTH_RESPONSES, auth_state
 from kadapt.errors import NotFoundError, ServiceUnavailableError
 from kadapt.jobs.blobs import BlobStore
 from kadapt.jobs.queue import JobQueue
+from kadapt.recon.api.auth import Admin, Viewer
 from kadapt.recon.api.problems import parse_body
 from kadapt.recon.domain.learned import BundleStatus, LearnedCatalogue
 from kadapt.recon.domain.methods import MethodRegistry
+from kadapt.recon.domain.monitoring import ReconGauges, blob_volume_problem
 from kadapt.recon.domain.worker import ReconWorker
 from kadapt.recon.settings import ReconSettings
 from kadapt.schemas.jobs import ReconJob, ReconResult, ReconStatus
@@ -34,6 +37,15 @@ class ReconRuntime:
     learned: LearnedCatalogue | None = None
     workers: list[ReconWorker] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    gauges: ReconGauges | None = None
+
+    async def refresh_gauges(self) -> None:
+        """Read the queue's statistics and the blob volume's free space into the gauges (per scrape)."""
+        if self.gauges is None:
+            return
+        if self.queue is not None:
+            await self.gauges.refresh_queue(self.queue)
+        await asyncio.to_thread(self.gauges.refresh_blob_volume, self.blobs.root)
 
     def require_queue(self) -> JobQueue:
         if self.queue is None:
@@ -51,6 +63,9 @@ class ReconRuntime:
             return "the job queue is not set up yet"
         if not await self.queue.ping():
             return "the job queue does not answer"
+        blob_problem = await asyncio.to_thread(blob_volume_problem, self.blobs.root)
+        if blob_problem is not None:
+            return blob_problem
         if self.run_worker:
             if len(self.workers) < self.settings.workers or not all(w.started for w in self.workers):
                 return f"{sum(w.started for w in self.workers)} of {self.settings.workers} workers started"
@@ -128,6 +143,7 @@ class ReadinessPublic(pydantic.BaseModel):
     status: Literal["ready"]
     workers: int
     bundles: list[BundlePublic] | None = None  # left out when no bundle was tried
+    auth: Literal["enabled", "disabled"] = "disabled"
 
 
 def _bundles_public(state: ReconRuntime) -> list[BundlePublic]:
@@ -142,6 +158,10 @@ def runtime(request: Request) -> ReconRuntime:
 Runtime = Annotated[ReconRuntime, Depends(runtime)]
 
 router = APIRouter()
+METRICS_RESPONSE: dict[str, Any] = {
+    "description": "Prometheus text exposition",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 
 
 @router.get("/healthz", tags=["health"])
@@ -156,7 +176,7 @@ async def healthz() -> HealthPublic:
     responses={503: {"description": "not ready (problem+json)"}},
     response_model_exclude_none=True,
 )
-async def readyz(state: Runtime) -> ReadinessPublic:
+async def readyz(state: Runtime, request: Request) -> ReadinessPublic:
     """Readiness: requested bundles loaded and warmed up on the requested providers, the queue answers
     and every worker runs (503 problem+json otherwise, with ``bundles`` listing each bundle's state)."""
     problem = await state.readiness_problem()
@@ -165,16 +185,23 @@ async def readyz(state: Runtime) -> ReadinessPublic:
         raise ServiceUnavailableError(
             f"recon not ready: {problem}", bundles=[b.model_dump(mode="json") for b in bundles]
         )
-    return ReadinessPublic(status="ready", workers=len(state.workers), bundles=bundles or None)
+    return ReadinessPublic(
+        status="ready",
+        workers=len(state.workers),
+        bundles=bundles or None,
+        auth=auth_state(request.app.state.auth),
+    )
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
+@router.get("/metrics", tags=["health"], response_class=Response, responses={200: METRICS_RESPONSE})
 async def metrics(state: Runtime) -> Response:
-    """Prometheus text exposition of this app's registry."""
+    """Prometheus text exposition of this app's registry; the queue and blob-volume gauges are read
+    fresh for each scrape."""
+    await state.refresh_gauges()
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/methods", tags=["recon"])
+@router.get("/v1/methods", tags=["recon"], dependencies=[Viewer], responses=AUTH_RESPONSES)
 async def list_methods(state: Runtime) -> list[MethodPublic]:
     """The reconstruction methods a job may name."""
     return [
@@ -188,7 +215,12 @@ async def list_methods(state: Runtime) -> list[MethodPublic]:
     ]
 
 
-@router.get("/v1/models", tags=["recon"], responses={503: {"description": "bundles not loaded yet"}})
+@router.get(
+    "/v1/models",
+    tags=["recon"],
+    dependencies=[Viewer],
+    responses={**AUTH_RESPONSES, 503: {"description": "bundles not loaded yet"}},
+)
 async def list_models(state: Runtime) -> ModelsPublic:
     """The learned bundles this process loaded (manifest summary, providers in use) or refused (reason)."""
     if state.learned is None:
@@ -200,7 +232,16 @@ async def list_models(state: Runtime) -> ModelsPublic:
     )
 
 
-@router.get("/v1/jobs/{job_id}", tags=["recon"], responses={404: {"description": "no result (problem+json)"}})
+@router.get(
+    "/v1/jobs/{job_id}",
+    tags=["recon"],
+    dependencies=[Viewer],
+    responses={
+        **AUTH_RESPONSES,
+        404: {"description": "No result (unknown, queued or running)"},
+        503: {"description": "Not started: no job queue yet (service-unavailable)"},
+    },
+)
 async def get_job(job_id: str, state: Runtime) -> ReconResult:
     """The stored result of ``job_id`` (done or failed); 404 while it is queued or running, or unknown."""
     result = await state.require_queue().get_result(job_id)
@@ -218,6 +259,14 @@ async def recon_job_body(request: Request) -> ReconJob:
     "/v1/jobs",
     tags=["recon"],
     status_code=202,
+    dependencies=[Admin],
+    responses={
+        **AUTH_RESPONSES,
+        400: {"description": "A blob path outside the blob root (invalid-input)"},
+        404: {"description": "Unknown reconstruction method (recon-method-not-found)"},
+        422: {"description": "Not a valid job (invalid-input)"},
+        503: {"description": "Not started: no job queue yet (service-unavailable)"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from kadapt.classic import check_recon_inputs
 from kadapt.errors import ChecksumMismatchError, InvalidInputError, NotFoundError, ServiceUnavailableError
 from kadapt.jobs.blobs import BlobStore
-from kadapt.jobs.queue import Delivery, JobQueue
+from kadapt.jobs.queue import Delivery, JobQueue, enqueued_unix_ms
 from kadapt.recon.domain.learned import scan_shape
 from kadapt.recon.domain.methods import MethodChoice, MethodRegistry, default_registry
 from kadapt.schemas.jobs import ReconJob, ReconResult, ReconStatus
@@ -41,6 +41,9 @@ NON_RETRIABLE_ERRORS = (InvalidInputError, NotFoundError, ChecksumMismatchError)
 
 _UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
+#: Seconds: a classic slice takes tenths, a learned volume seconds, a backlog minutes.
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
 
 @dataclass(frozen=True)
 class ReconMetrics:
@@ -48,6 +51,7 @@ class ReconMetrics:
 
     jobs: Counter
     job_seconds: Histogram
+    queue_wait_seconds: Histogram
     redeliveries: Counter
     fallbacks: Counter
 
@@ -63,7 +67,13 @@ class ReconMetrics:
             job_seconds=Histogram(
                 "kadapt_recon_job_seconds",
                 "Wall time of a recon job from claim to stored result",
-                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+                buckets=JOB_BUCKETS,
+                registry=registry,
+            ),
+            queue_wait_seconds=Histogram(
+                "kadapt_recon_queue_wait_seconds",
+                "Time from enqueue to a job's first delivery to a worker (later deliveries not counted)",
+                buckets=JOB_BUCKETS,
                 registry=registry,
             ),
             redeliveries=Counter(
@@ -136,6 +146,11 @@ class ReconWorker:
         started = time.perf_counter()
         if delivery.deliveries > 1:
             self.metrics.redeliveries.inc()
+        else:
+            enqueued_ms = enqueued_unix_ms(delivery.message_id)
+            if enqueued_ms is not None:
+                # The id's clock is the queue's (Redis server); a small skew can make this negative.
+                self.metrics.queue_wait_seconds.observe(max(0.0, time.time() - enqueued_ms / 1000.0))
         try:
             existing = await self.queue.get_result(job.job_id)
             if existing is not None:

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kadapt.errors import KadaptError
+from kadapt.sampler.api.auth import install_auth
 from kadapt.sampler.api.problems import install_problem_handlers
 from kadapt.sampler.api.routes import SamplerState, router
 from kadapt.sampler.domain.mnet import MNetServing
@@ -26,8 +27,12 @@ from kadapt.sampler.settings import SamplerSettings
 
 logger = logging.getLogger("kadapt.sampler")
 
-# Plans take 0.1-1 ms for fixed masks and a few ms for models; deadlines are tens to hundreds of ms.
-LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+# Plans take 0.1-1 ms for fixed masks and a few ms for models; deadlines are tens to hundreds of ms, so
+# the buckets are dense from 1 to 100 ms (typical deadlines 5, 10, 20, 50, 100 ms fall on a boundary).
+LATENCY_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.2, 0.5, 1.0, 2.5,
+)  # fmt: skip
 DEADLINE_STAGES = ("admission", "queue", "dequeue", "compute", "inference", "result")
 
 
@@ -77,6 +82,20 @@ class PrometheusObserver:
         self.ready = Gauge(
             "ready", "1 once policies are loaded and warm", namespace=prefix, registry=registry
         )
+        self.policy_loaded = Gauge(
+            "policy_loaded",
+            "1 for a policy served (loaded and warm), 0 for one whose bundle or warm-up failed",
+            ["policy"],
+            namespace=prefix,
+            registry=registry,
+        )
+        self.onnx_provider = Gauge(
+            "onnx_provider",
+            "1 for the ONNX Runtime execution provider a model policy's bundle runs on (get_providers()[0])",
+            ["model", "version", "provider"],
+            namespace=prefix,
+            registry=registry,
+        )
         for stage in DEADLINE_STAGES:
             self.deadline_exceeded.labels(stage=stage)
 
@@ -96,6 +115,25 @@ class PrometheusObserver:
     def slots_changed(self, inflight: int, queued: int) -> None:
         self.inflight.set(inflight)
         self.queued.set(queued)
+
+    def policies_loaded(self, registry: PolicyRegistry) -> None:
+        """Load state of every policy (a failed bundle under its name, the part of ``name/version``
+        before the slash) and the provider of each ONNX session a served policy holds."""
+        served = {policy.name for policy in registry.policies()}
+        for name in served:
+            self.policy_loaded.labels(policy=name).set(1.0)
+        for ref in registry.failures:
+            name = ref.split("/", 1)[0]
+            if name not in served:
+                self.policy_loaded.labels(policy=name).set(0.0)
+        for policy in registry.policies():
+            get_providers = getattr(getattr(policy, "session", None), "get_providers", None)
+            if get_providers is None:
+                continue  # a mask family, or a test double without ONNX Runtime
+            providers = list(get_providers())
+            if providers:
+                model, _, version = policy.info.served_by.partition("/")
+                self.onnx_provider.labels(model=model, version=version, provider=str(providers[0])).set(1.0)
 
 
 async def start_planner(
@@ -126,6 +164,7 @@ async def start_planner(
     state.planner = planner
     state.warm = True
     observer.ready.set(1.0 if state.ready else 0.0)
+    observer.policies_loaded(registry)
     for ref, reason in sorted(state.failures.items()):
         logger.error("sampler not ready: %s: %s", ref, reason)
 
@@ -150,6 +189,7 @@ def create_app(settings: SamplerSettings, *, registry: PolicyRegistry | None = N
         lifespan=lifespan,
     )
     app.state.sampler = state
+    install_auth(app, settings)
     install_problem_handlers(app)
     app.include_router(router)
     return app

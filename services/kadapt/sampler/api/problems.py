@@ -4,6 +4,7 @@ the kadapt error tree, request validation, framework HTTP errors, Redis outages 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,7 @@ from kadapt.errors import KadaptError
 from kadapt.problems import (
     BODYLESS_STATUSES,
     PROBLEM_MEDIA_TYPE,
+    document_problems,
     http_problem,
     problem_for,
     validation_problem,
@@ -43,11 +45,21 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         if exc.status_code in BODYLESS_STATUSES:
             return Response(status_code=exc.status_code, headers=exc.headers)
         return problem_response(http_problem(exc.status_code, request.method, path, exc.detail), exc.headers)
+    problem = problem_for(exc, service=SERVICE, method=request.method, instance=path)
+    # WWW-Authenticate on 401/403, Retry-After on 429.
+    headers = exc.headers() if isinstance(exc, KadaptError) else None
     # Starlette's ServerErrorMiddleware re-raises a bug after this handler answers, for the server's log.
-    return problem_response(problem_for(exc, service=SERVICE, method=request.method, instance=path))
+    return problem_response(problem, headers)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    """Register :func:`handle_error` on ``app`` for every error kind the mapping covers."""
+    """Register :func:`handle_error` on ``app`` for every error kind the mapping covers, and document
+    every error response of its OpenAPI as problem+json (:func:`kadapt.problems.document_problems`)."""
     for kind in (KadaptError, RequestValidationError, StarletteHTTPException, RedisError, Exception):
         app.add_exception_handler(kind, handle_error)
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return document_problems(build_openapi())
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -13,8 +13,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
+from kadapt.auth import AUTH_RESPONSES, auth_state
 from kadapt.errors import ServiceUnavailableError
 from kadapt.problems import PROBLEM_MEDIA_TYPE
+from kadapt.sampler.api.auth import Scanner, Viewer
 from kadapt.sampler.api.bodies import plan_body_openapi, read_plan_request
 from kadapt.sampler.api.problems import problem_response
 from kadapt.sampler.domain.planner import Planner
@@ -68,13 +70,19 @@ async def ready_planner(state: Annotated[SamplerState, Depends(sampler_state)]) 
 
 
 _PROBLEM: dict[str, Any] = {"content": {PROBLEM_MEDIA_TYPE: {}}}
+METRICS_RESPONSE: dict[str, Any] = {
+    "description": "Prometheus text exposition",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 
 
 @router.post(
     "/v1/plan",
     response_model=PlanResponse,
     openapi_extra=plan_body_openapi(),
+    dependencies=[Scanner],
     responses={
+        **AUTH_RESPONSES,
         400: {"description": "Malformed binary plan body (invalid-input)", **_PROBLEM},
         404: {"description": "Unknown policy (policy-not-found)", **_PROBLEM},
         413: {"description": "Body over max_body_bytes (payload-too-large)", **_PROBLEM},
@@ -99,7 +107,7 @@ async def plan_next_lines(
     return Response(plan.model_dump_json(), media_type="application/json")
 
 
-@router.get("/v1/policies")
+@router.get("/v1/policies", dependencies=[Viewer], responses=AUTH_RESPONSES)
 async def list_policies(planner: Annotated[Planner, Depends(ready_planner)]) -> list[PolicyPublic]:
     """The plannable policies: the 1d / kt mask families and the fixed-mask bundles."""
     return [
@@ -123,7 +131,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={503: {"description": "Not ready: policies loading or failed (service-unavailable)"}},
+)
 async def readyz(request: Request, state: Annotated[SamplerState, Depends(sampler_state)]) -> Any:
     """200 once every policy is loaded, checksum-verified and warm; 503 problem+json otherwise, with
     ``failures`` (bundle or policy -> reason)."""
@@ -133,6 +145,7 @@ async def readyz(request: Request, state: Annotated[SamplerState, Depends(sample
             "status": "ready",
             "policies": [policy.name for policy in registry.policies()],
             "skipped": registry.skipped,
+            "auth": auth_state(request.app.state.auth),
         }
     if state.planner is None:
         detail = "policies are not loaded and warmed up yet"
@@ -142,7 +155,7 @@ async def readyz(request: Request, state: Annotated[SamplerState, Depends(sample
     return problem_response(err.to_problem(instance=request.url.path))
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: METRICS_RESPONSE})
 async def metrics(state: Annotated[SamplerState, Depends(sampler_state)]) -> Response:
     """Prometheus text exposition of this app's registry."""
     return Response(generate_latest(state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
