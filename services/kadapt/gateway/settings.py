@@ -7,8 +7,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kadapt.auth import AuthSettings
 
-class GatewaySettings(BaseSettings):
+
+class GatewaySettings(BaseSettings, AuthSettings):
     """Configuration of one gateway process.
 
     ``data_dir`` holds ``scans/<scan_id>/`` (the per-scan k-space memmap, noise readouts) and ``blobs/``
@@ -40,14 +42,6 @@ class GatewaySettings(BaseSettings):
     dicom_deidentify: bool = Field(
         default=False, description="default of the images endpoint's deidentify query for format=dicom"
     )
-    auth_tokens_file: Path | None = Field(
-        default=None, description="tokens file (client_id:scopes:sha256 lines, docs/security.md)"
-    )
-    auth_tokens: str | None = Field(
-        default=None, description="tokens-file lines in one variable (newline- or ';'-separated)"
-    )
-    rate_limit_per_s: float = Field(default=2000.0, ge=0.0, description="requests/s per client; 0 = off")
-    rate_limit_burst: float = Field(default=4000.0, ge=1.0, description="token-bucket size per client")
     sampler_token: SecretStr | None = Field(
         default=None, description="bearer token sent to the sampler (a scanner-scope token)"
     )

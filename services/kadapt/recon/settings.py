@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kadapt.auth import AuthSettings
 from kadapt.jobs.redis_queue import DEFAULT_DEAD_STREAM, DEFAULT_GROUP, DEFAULT_RESULT_PREFIX, DEFAULT_STREAM
 
 
@@ -18,7 +19,7 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class ReconSettings(BaseSettings):
+class ReconSettings(BaseSettings, AuthSettings):
     """Configuration of one recon process.
 
     Without ``redis_url`` (and without a queue handed to ``create_app``) jobs live in an in-memory queue
@@ -63,14 +64,6 @@ class ReconSettings(BaseSettings):
     inference_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime intra-op threads per session (0 = its default)"
     )
-    auth_tokens_file: Path | None = Field(
-        default=None, description="tokens file (client_id:scopes:sha256 lines, docs/security.md)"
-    )
-    auth_tokens: str | None = Field(
-        default=None, description="tokens-file lines in one variable (newline- or ';'-separated)"
-    )
-    rate_limit_per_s: float = Field(default=2000.0, ge=0.0, description="requests/s per client; 0 = off")
-    rate_limit_burst: float = Field(default=4000.0, ge=1.0, description="token-bucket size per client")
     stream: str = DEFAULT_STREAM
     group: str = DEFAULT_GROUP
     dead_stream: str = DEFAULT_DEAD_STREAM

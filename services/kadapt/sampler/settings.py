@@ -7,8 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kadapt.auth import AuthSettings
 
-class SamplerSettings(BaseSettings):
+
+class SamplerSettings(BaseSettings, AuthSettings):
     """``model_repository``: the bundle repository (``<name>/<version>/manifest.json``);
     ``max_inflight``: plans computing at once (the rest queue until their deadline);
     ``warmup``: run one plan per policy before reporting ready;
@@ -29,11 +31,3 @@ class SamplerSettings(BaseSettings):
     fallback_margin_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
     mnet_fallback: str = "vd-random"
     max_body_bytes: int = Field(default=64 << 20, ge=1024)
-    auth_tokens_file: Path | None = Field(
-        default=None, description="tokens file (client_id:scopes:sha256 lines, docs/security.md)"
-    )
-    auth_tokens: str | None = Field(
-        default=None, description="tokens-file lines in one variable (newline- or ';'-separated)"
-    )
-    rate_limit_per_s: float = Field(default=2000.0, ge=0.0, description="requests/s per client; 0 = off")
-    rate_limit_burst: float = Field(default=4000.0, ge=1.0, description="token-bucket size per client")

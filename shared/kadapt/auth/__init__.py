@@ -4,7 +4,7 @@
 token buckets) and ``gate`` (the admission check a service's FastAPI dependency calls).
 """
 
-from kadapt.auth.gate import AUTH_RESPONSES, AuthGate, auth_state, build_gate
+from kadapt.auth.gate import AUTH_RESPONSES, AuthGate, AuthSettings, auth_state, build_gate
 from kadapt.auth.ratelimit import RateLimiter
 from kadapt.auth.tokens import (
     Principal,
@@ -19,6 +19,7 @@ from kadapt.auth.tokens import (
 __all__ = [
     "AUTH_RESPONSES",
     "AuthGate",
+    "AuthSettings",
     "Principal",
     "RateLimiter",
     "Scope",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, Field
+
 from kadapt.auth.ratelimit import RateLimiter
 from kadapt.auth.tokens import Principal, Scope, TokenStore, require
 from kadapt.problems import PROBLEM_MEDIA_TYPE
@@ -44,6 +46,29 @@ def build_gate(
     if len(store) == 0:
         return None
     return AuthGate(store, RateLimiter(rate_per_s, burst))
+
+
+class AuthSettings(BaseModel):
+    """The authentication fields every service's settings inherit (env ``KADAPT_<SVC>_AUTH_TOKENS_FILE``,
+    ``_AUTH_TOKENS``, ``_RATE_LIMIT_PER_S``, ``_RATE_LIMIT_BURST``; ``docs/security.md``)."""
+
+    auth_tokens_file: Path | None = Field(
+        default=None, description="tokens file (client_id:scopes:sha256 lines, docs/security.md)"
+    )
+    auth_tokens: str | None = Field(
+        default=None, description="tokens-file lines in one variable (newline- or ';'-separated)"
+    )
+    rate_limit_per_s: float = Field(default=2000.0, ge=0.0, description="requests/s per client; 0 = off")
+    rate_limit_burst: float = Field(default=4000.0, ge=1.0, description="token-bucket size per client")
+
+    def auth_gate(self) -> AuthGate | None:
+        """:func:`build_gate` of these settings."""
+        return build_gate(
+            self.auth_tokens_file,
+            self.auth_tokens,
+            rate_per_s=self.rate_limit_per_s,
+            burst=self.rate_limit_burst,
+        )
 
 
 def auth_state(gate: AuthGate | None) -> Literal["enabled", "disabled"]:

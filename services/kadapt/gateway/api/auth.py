@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from fastapi import Depends, FastAPI, Request
 
-from kadapt.auth import AuthGate, Principal, Scope, build_gate
+from kadapt.auth import AuthGate, Principal, Scope
 from kadapt.gateway.settings import GatewaySettings
 
 log = structlog.get_logger("kadapt.gateway")
@@ -23,12 +23,7 @@ log = structlog.get_logger("kadapt.gateway")
 
 def install_auth(app: FastAPI, settings: GatewaySettings) -> AuthGate | None:
     """Build the gate from ``settings`` into ``app.state.auth``; without tokens, warn loudly."""
-    gate = build_gate(
-        settings.auth_tokens_file,
-        settings.auth_tokens,
-        rate_per_s=settings.rate_limit_per_s,
-        burst=settings.rate_limit_burst,
-    )
+    gate = settings.auth_gate()
     app.state.auth = gate
     if gate is None:
         log.warning(

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 
-from kadapt.auth import AuthGate, Principal, Scope, build_gate
+from kadapt.auth import AuthGate, Principal, Scope
 from kadapt.recon.settings import ReconSettings
 
 logger = logging.getLogger("kadapt.recon")
@@ -22,12 +22,7 @@ logger = logging.getLogger("kadapt.recon")
 
 def install_auth(app: FastAPI, settings: ReconSettings) -> AuthGate | None:
     """Build the gate from ``settings`` into ``app.state.auth``; without tokens, warn loudly."""
-    gate = build_gate(
-        settings.auth_tokens_file,
-        settings.auth_tokens,
-        rate_per_s=settings.rate_limit_per_s,
-        burst=settings.rate_limit_burst,
-    )
+    gate = settings.auth_gate()
     app.state.auth = gate
     if gate is None:
         logger.warning(
