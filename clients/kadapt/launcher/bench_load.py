@@ -5,8 +5,9 @@ deployment would (:class:`~kadapt.launcher.processes.ProcessStack`), then runs `
 once, one asyncio task each, started ``stagger_ms`` apart so that the recon jobs of early scans are
 running while later scans plan. Each scanner plays ``repeats`` scans back to back with the replay
 client (:func:`kadapt.replay.scanner.replay_scan`): the ACS block in shots of ``shot_lines`` readouts,
-each shot sent once acquired (``tr_ms`` per readout), then ``GET .../plan`` (deadline ``deadline_ms``),
-the planned lines paced the same way, complete, wait for the images and fetch them.
+each shot sent once acquired (``tr_ms`` per readout) with ``wait_plan``, so the last ACS shot's answer
+carries the plan (``GET .../plan`` only if it does not; deadline ``deadline_ms``), the planned lines
+paced the same way, complete, wait for the images and fetch them.
 
 A **deadline miss** is a plan the scanner held later than ``deadline_ms`` after sending its last ACS
 shot (the client's clock: it includes the ingest of that shot, which the gateway's own deadline clock,

@@ -280,8 +280,10 @@ def build_report(
         "deadline_missed_plan_ms": sorted(round(record.plan_ms or 0.0, 3) for record in misses),
         "plans_on_time": len(plans) - len(misses),
         **percentiles((record.plan_ms or 0.0 for record in plans), "plan_ms"),
+        # The round trip that delivered the plan: the last ACS shot's POST with ``wait_plan`` (ingest,
+        # planning, the plan inline), or ``GET .../plan`` from a gateway that answered without the plan.
         **percentiles((record.plan_rtt_ms or 0.0 for record in plans), "plan_get_ms"),
-        # The rest of the scanner's wait: the last ACS shot's POST (ingest, then planning starts).
+        # The rest of the scanner's wait, before that round trip: 0 when the ACS POST carried the plan.
         **percentiles(
             ((record.plan_ms or 0.0) - (record.plan_rtt_ms or 0.0) for record in plans), "last_acs_post_ms"
         ),

@@ -64,21 +64,28 @@ async def _send_lines(
     acs: frozenset[int],
     shot_lines: int,
     tr_ms: float,
-) -> float:
+    *,
+    wait_plan: bool = False,
+) -> tuple[float, PlanResponse | None]:
     """Post ``cells`` in shots, each after the ``tr_ms`` its readouts take to acquire; returns the
-    ``perf_counter`` time at which the last shot was sent (after its acquisition)."""
+    ``perf_counter`` time at which the last shot was sent (after its acquisition) and, with
+    ``wait_plan``, the plan the last shot's answer carried (None from a gateway without ``wait_plan``)."""
     sent = time.perf_counter()
+    plan: PlanResponse | None = None
+    path = f"/v1/scans/{scan_id}/acquisitions" + ("?wait_plan=true" if wait_plan else "")
     for start in range(0, len(cells), shot_lines):
         shot = cells[start : start + shot_lines]
         if tr_ms > 0:
             await asyncio.sleep(tr_ms * len(shot) / 1000.0)
         payload = scan.encode_lines(shot, acs)
         sent = time.perf_counter()
-        response = await client.post(
-            f"/v1/scans/{scan_id}/acquisitions", content=payload, headers={"content-type": MRD_STREAM}
-        )
+        response = await client.post(path, content=payload, headers={"content-type": MRD_STREAM})
         _raise_for_problem(response)
-    return sent
+        if wait_plan:
+            # Read only ``plan``: the report may carry fields this client does not know.
+            inline = response.json().get("plan")
+            plan = PlanResponse.model_validate(inline, strict=False) if inline is not None else None
+    return sent, plan
 
 
 @dataclass
@@ -126,20 +133,27 @@ async def acquire_scan(
         acs_cells = _cells(slices, frames, [acs_sorted] * frames)
         # The scanner's wait for a plan: from sending its last ACS shot (once acquired, i.e. after its
         # TR pacing) until the plan is in hand (the gateway starts planning when the ACS block is complete).
-        last_acs_sent = await _send_lines(client, scan_id, scan, acs_cells, acs, shot_lines, tr_ms)
-        asked = time.perf_counter()
-        response = await client.get(f"/v1/scans/{scan_id}/plan")
-        _raise_for_problem(response)
+        # The last ACS shot's answer carries the plan (``wait_plan``); a gateway that does not know the
+        # flag answers without it, and the plan is fetched with GET .../plan.
+        last_acs_sent, plan = await _send_lines(
+            client, scan_id, scan, acs_cells, acs, shot_lines, tr_ms, wait_plan=True
+        )
+        asked = last_acs_sent
+        if plan is None:
+            asked = time.perf_counter()
+            response = await client.get(f"/v1/scans/{scan_id}/plan")
+            _raise_for_problem(response)
+            plan = PlanResponse.model_validate_json(response.content)
         received = time.perf_counter()
         plan_ms, plan_rtt_ms = (received - last_acs_sent) * 1000.0, (received - asked) * 1000.0
-        plan = PlanResponse.model_validate_json(response.content)
         per_frame = (
             [list(lines) for lines in plan.frame_lines]
             if plan.frame_lines is not None
             else [list(plan.lines)] * frames
         )
         remaining = [[c for c in lines if c not in acs] for lines in per_frame]
-        await _send_lines(client, scan_id, scan, _cells(slices, frames, remaining), acs, shot_lines, tr_ms)
+        remaining_cells = _cells(slices, frames, remaining)
+        await _send_lines(client, scan_id, scan, remaining_cells, acs, shot_lines, tr_ms)
         scan_seconds = time.perf_counter() - started
         response = await client.post(f"/v1/scans/{scan_id}/complete")
         _raise_for_problem(response)

@@ -97,3 +97,8 @@ class IngestReport(WireModel):
         default=0, description="prospective mode: stored lines the current plan did not ask for"
     )
     staged: int = Field(default=0, description="retrospective mode: lines held until the plan is known")
+    plan: PlanResponse | None = Field(
+        default=None,
+        description="with ?wait_plan=true: the current plan (the request that completes the ACS block "
+        "waits for it, at most until the deadline, as GET .../plan does); None when no plan is due",
+    )

@@ -150,14 +150,24 @@ async def get_scan(scan_id: ScanId, request: Request) -> ScanPublic:
         }
     },
 )
-async def ingest_acquisitions(scan_id: ScanId, request: Request) -> IngestReport:
+async def ingest_acquisitions(
+    scan_id: ScanId,
+    request: Request,
+    wait_plan: Annotated[
+        bool,
+        Query(
+            description="when this request leaves the scan planning (its ACS block is in), answer with "
+            "the plan in `plan`, within the plan deadline as GET .../plan would (saves that round trip)"
+        ),
+    ] = False,
+) -> IngestReport:
     """Ingest MRD messages: ACQUISITION readouts are stored, a CLOSE completes the scan."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type not in INGEST_MEDIA_TYPES:
         raise UnsupportedMediaTypeError(
             f"content-type {media_type or '(none)'!r}; send {' or '.join(INGEST_MEDIA_TYPES)}"
         )
-    return await service_of(request).ingest(scan_id, await request.body())
+    return await service_of(request).ingest(scan_id, await request.body(), wait_plan=wait_plan)
 
 
 @router.get(

@@ -139,8 +139,13 @@ class ScanService:
 
     # --- ingest --------------------------------------------------------------------------------------
 
-    async def ingest(self, scan_id: str, payload: bytes) -> IngestReport:
-        """Validate and store one request of MRD messages (all or nothing); see ``docs/api.md``."""
+    async def ingest(self, scan_id: str, payload: bytes, *, wait_plan: bool = False) -> IngestReport:
+        """Validate and store one request of MRD messages (all or nothing); see ``docs/api.md``.
+
+        ``wait_plan``: when the scan is planning after this request (it completed the ACS block or a
+        round's lines), wait for the plan through :meth:`PlanRounds.current` (the deadline and fallback of
+        ``GET .../plan``) and return it in the report, saving the scanner that round trip.
+        """
         session = await self.store.get(scan_id)
         session.require_state(INGEST_STATES, "ingesting acquisitions")
         big = len(payload) > self.offload_bytes
@@ -157,6 +162,9 @@ class ScanService:
             # Completion, promotion or a next plan round changed the session; otherwise the one stored
             # above is current (one Redis round trip less on the scanner's path).
             session = await self.store.get(scan_id)
+        if wait_plan and session.state == ScanState.planning:
+            await self.rounds.current(scan_id)  # bounded by the plan deadline; records the plan once
+            session = await self.store.get(scan_id)
         # Held lines of this request end up in the scan (planned), dropped (unplanned) or still held.
         kept = await self.store.count_present(scan_id, staged_keys.tolist()) if staged_keys.size else 0
         resolved = (
@@ -171,6 +179,7 @@ class ScanService:
             plan_ready=session.plan_is_current,
             outside_plan=counts["outside"],
             staged=int(staged_keys.size) - kept - dropped,
+            plan=session.plan if wait_plan and session.plan_is_current else None,
         )
 
     def _route(
