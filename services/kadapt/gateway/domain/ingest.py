@@ -281,3 +281,24 @@ def prepare_lines(
     start = samples // 2 - height // 2
     profile = ifft1c(lines, axis=-1)[..., start : start + height]
     return np.ascontiguousarray(fft1c(profile, axis=-1), dtype=np.complex64)
+
+
+def route_lines(
+    session: ScanSession, parsed: ParsedRequest, acs_columns: IntArray
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Which lines of the request to store now (``acquire``) and which to hold (``stage``), ``(n,)``.
+
+    Prospective: every line is stored (the scanner did acquire it). Retrospective: planned lines are
+    stored, ACS lines (``acs_columns``) before the plan too; other lines wait for the plan (staged) or,
+    once the final plan is known, are dropped.
+    """
+    everything = np.ones(parsed.lines, dtype=bool)
+    if not session.policy.retrospective:
+        return everything, ~everything
+    planned = session.planned_mask() if session.plan_is_current else None
+    if planned is not None:
+        in_plan = planned[parsed.frames, parsed.columns]
+        final = session.plan is not None and session.plan.final
+        return in_plan, (~in_plan if not final else ~everything)
+    acs = np.isin(parsed.columns, acs_columns)
+    return acs, ~acs

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from kadapt.errors import DuplicateLineError, InvalidStateError, KadaptError, ServiceUnavailableError
 from kadapt.gateway.domain import completion, creation
 from kadapt.gateway.domain.images import DicomOptions, describe_series, encode_images, encode_npy
-from kadapt.gateway.domain.ingest import ParsedRequest, parse_request, prepare_lines
+from kadapt.gateway.domain.ingest import ParsedRequest, parse_request, prepare_lines, route_lines
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import Planner
 from kadapt.gateway.domain.rounds import PlanRounds, log_task_failure
@@ -182,26 +182,6 @@ class ScanService:
             plan=session.plan if wait_plan and session.plan_is_current else None,
         )
 
-    def _route(
-        self, session: ScanSession, parsed: ParsedRequest
-    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-        """Which lines of the request to store now (``acquire``) and which to hold (``stage``), ``(n,)``.
-
-        Prospective: every line is stored (the scanner did acquire it). Retrospective: planned lines are
-        stored, ACS lines before the plan too; other lines wait for the plan (staged) or, once the final
-        plan is known, are dropped.
-        """
-        everything = np.ones(parsed.lines, dtype=bool)
-        if not session.policy.retrospective:
-            return everything, ~everything
-        planned = session.planned_mask() if session.plan_is_current else None
-        if planned is not None:
-            in_plan = planned[parsed.frames, parsed.columns]
-            final = session.plan is not None and session.plan.final
-            return in_plan, (~in_plan if not final else ~everything)
-        acs = np.isin(parsed.columns, creation.acs_columns(session))
-        return acs, ~acs
-
     async def _store_request(
         self, scan_id: str, parsed: ParsedRequest, big: bool
     ) -> tuple[ScanSession, dict[str, int], NDArray[np.int64]]:
@@ -209,7 +189,7 @@ class ScanService:
         session.require_state(INGEST_STATES, "ingesting acquisitions")
         if parsed.close and parsed.lines == 0 and session.state == ScanState.created:
             raise InvalidStateError(f"scan {scan_id}: CLOSE before any line was acquired", state="created")
-        acquire, stage = self._route(session, parsed)
+        acquire, stage = route_lines(session, parsed, creation.acs_columns(session))
         duplicates = await self.store.claim_lines(
             scan_id, parsed.keys[acquire].tolist(), parsed.keys[stage].tolist()
         )
