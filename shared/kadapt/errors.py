@@ -215,6 +215,15 @@ class ServiceUnavailableError(KadaptError):
     slug, status, title = "service-unavailable", 503, "Service unavailable"
 
 
+class OverloadedError(ServiceUnavailableError):
+    """Back-pressure: too much work already queued; ``retry_after_s`` (default 1) goes out as Retry-After."""
+
+    slug, status, title = "overloaded", 503, "Too much work queued"
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, math.ceil(float(self.extra.get("retry_after_s", 1.0)))))}
+
+
 class DependencyUnavailableError(ServiceUnavailableError):
     slug, status, title = "dependency-unavailable", 503, "External dependency unavailable"
 

@@ -12,7 +12,8 @@ from kadapt.auth import AuthSettings
 
 class SamplerSettings(BaseSettings, AuthSettings):
     """``model_repository``: the bundle repository (``<name>/<version>/manifest.json``);
-    ``max_inflight``: plans computing at once (the rest queue until their deadline);
+    ``max_inflight``: plans computing at once (the rest queue until their deadline); ``max_queued``: plans
+    waiting for a slot before more are refused at once (503 ``overloaded``, back-pressure);
     ``warmup``: run one plan per policy before reporting ready;
     ``ort_threads``: ONNX Runtime intra-op threads per ``mnet`` session;
     ``fallback_margin_ms``: time kept before a deadline to serve a model policy's fallback instead;
@@ -26,6 +27,7 @@ class SamplerSettings(BaseSettings, AuthSettings):
 
     model_repository: Path = Path("models")
     max_inflight: int = Field(default=8, ge=1, le=1024)
+    max_queued: int = Field(default=64, ge=0, description="plans waiting for a slot; more get 503 overloaded")
     warmup: bool = True
     ort_threads: int = Field(default=1, ge=1, le=64)
     fallback_margin_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)

@@ -17,6 +17,7 @@ from kadapt.errors import (
     DeadlineExceededError,
     InvalidAccelerationError,
     InvalidInputError,
+    OverloadedError,
     PlanContractError,
     UnknownPolicyError,
 )
@@ -240,3 +241,27 @@ async def test_cancelled_queued_request_gives_its_slot_back(
         assert len((await planner.plan(plan_request())).lines) == 32
     assert observer.slots[-1] == (0, 0)
     assert planner._slots._value == 1  # type: ignore[attr-defined]  # exactly max_inflight free again
+
+
+async def test_requests_beyond_max_queued_are_refused_at_once(
+    plan_request: RequestFactory, gated_policy: Any
+) -> None:
+    """Back-pressure: one plan computing, one waiting (``max_queued=1``): the next is refused at once
+    with 503 ``overloaded`` instead of waiting for its deadline, and the waiting one is still served."""
+    observer = RecordingObserver()
+    planner = Planner(family_registry(gated_policy), max_inflight=1, max_queued=1, observer=observer)
+    first = asyncio.create_task(planner.plan(plan_request(policy="slow", scan_id="first")))
+    await asyncio.to_thread(gated_policy.started.wait, 5.0)
+    waiting = asyncio.create_task(planner.plan(plan_request(scan_id="waiting")))
+    while observer.slots[-1] != (1, 1):
+        await asyncio.sleep(0.001)
+
+    with pytest.raises(OverloadedError, match="1 plans already wait") as info:  # not DeadlineExceeded
+        await planner.plan(plan_request(scan_id="refused"))
+    assert info.value.status == 503
+    assert info.value.headers() == {"retry-after": "1"}
+    assert observer.outcomes[("vd-random", "overloaded")] == 1
+
+    gated_policy.gate.set()
+    assert len((await first).lines) == 32
+    assert len((await waiting).lines) == 32

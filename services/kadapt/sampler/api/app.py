@@ -150,7 +150,9 @@ async def start_planner(
         registry = await asyncio.to_thread(
             functools.partial(PolicyRegistry.from_sources, settings.model_repository, mnet=serving)
         )
-    planner = Planner(registry, max_inflight=settings.max_inflight, observer=observer)
+    planner = Planner(
+        registry, max_inflight=settings.max_inflight, max_queued=settings.max_queued, observer=observer
+    )
     if settings.warmup:
         for policy in registry.policies():
             try:

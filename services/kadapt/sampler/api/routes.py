@@ -88,7 +88,7 @@ METRICS_RESPONSE: dict[str, Any] = {
         413: {"description": "Body over max_body_bytes (payload-too-large)", **_PROBLEM},
         415: {"description": "Neither JSON nor application/x-kadapt-plan", **_PROBLEM},
         422: {"description": "Invalid request or impossible acceleration", **_PROBLEM},
-        503: {"description": "Policies not loaded yet", **_PROBLEM},
+        503: {"description": "Policies not loaded yet, or max_queued plans waiting (overloaded)", **_PROBLEM},
         504: {"description": "The deadline passed before the plan was ready (deadline-exceeded)", **_PROBLEM},
     },
 )

@@ -5,7 +5,8 @@ with a fallback mask when the sampler is late, so late work is worth nothing her
 drops a request at every point where it could notice it is late (the stages of the miss counter):
 
 ``admission``  on arrival;
-``queue``      while waiting for one of ``max_inflight`` compute slots (the wait is cut at the deadline);
+``queue``      while waiting for one of ``max_inflight`` compute slots (the wait is cut at the deadline;
+               with ``max_queued`` already waiting, a request is refused at once: 503 ``overloaded``);
 ``dequeue``    on getting a slot;
 ``compute``    in the worker thread, right before the policy runs (model policies check again before
                inference with their own stage);
@@ -36,6 +37,7 @@ from kadapt.errors import (
     InvalidInputError,
     InvalidStateError,
     KadaptError,
+    OverloadedError,
     PlanContractError,
     UnknownPolicyError,
 )
@@ -244,12 +246,14 @@ class Planner:
         registry: PolicyRegistry,
         *,
         max_inflight: int = 8,
+        max_queued: int = 64,
         observer: PlanObserver | None = None,
         clock_ms: Callable[[], float] = wall_clock_ms,
     ) -> None:
-        if max_inflight < 1:
-            raise InvalidInputError(f"max_inflight must be >= 1, got {max_inflight}")
+        if max_inflight < 1 or max_queued < 0:
+            raise InvalidInputError(f"need max_inflight >= 1, max_queued >= 0: {max_inflight}, {max_queued}")
         self.registry = registry
+        self.max_queued = max_queued
         self._slots = asyncio.Semaphore(max_inflight)
         self._observer: PlanObserver = observer or NullObserver()
         self._clock_ms = clock_ms
@@ -349,6 +353,9 @@ class Planner:
                 task.add_done_callback(self._release_after_abandoned)
 
     async def _acquire_slot(self, request: PlanRequest) -> None:
+        if self._slots.locked() and self._queued >= self.max_queued:
+            # Back-pressure: the caller (the gateway) serves its fallback now rather than at the deadline.
+            raise OverloadedError(f"{self._queued} plans already wait for a compute slot", retry_after_s=1)
         self._queued += 1
         self._report_slots()
         waited_from = time.perf_counter()
