@@ -36,6 +36,7 @@ that needs response headers (``WWW-Authenticate``, ``Retry-After``) returns them
     ├── DeadlineExceededError             504  deadline-exceeded
     ├── PlanContractError                 500  plan-contract-violated (a policy's plan broke the contract)
     ├── ServiceUnavailableError           503  service-unavailable
+    │   ├── OverloadedError               503  overloaded            (back-pressure: too much work queued)
     │   └── DependencyUnavailableError    503  dependency-unavailable (an external tool, e.g. bart, missing)
     ├── InsufficientStorageError          507  insufficient-storage  (a volume is full: ENOSPC / EDQUOT)
     ├── ExternalToolError                 500  external-tool-failed  (an external tool exited non-zero)
