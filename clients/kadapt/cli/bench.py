@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,27 @@ def _split_extra(args: list[str]) -> tuple[list[float], list[Path]]:
         except ValueError:
             refs.append(Path(value))
     return rates, refs
+
+
+def _run_scored_bench(
+    name: str,
+    run: Callable[[Callable[[str], None]], dict[str, Any]],
+    table: Callable[[dict[str, Any]], Any],
+    out: Path,
+) -> None:
+    """Run a bench with a progress line, write its JSON (no NaN) and print its table: the recon and
+    sampling benches, whose results hold ``rows`` and ``skipped``."""
+    from rich.console import Console as RichConsole
+
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task(name, total=None)
+            result = run(lambda what: progress.update(task, advance=1, description=what))
+    except KadaptError as error:
+        raise fail(error) from error
+    _write_json(out, result, allow_nan=False)
+    RichConsole(width=180).print(table(result))
+    console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
 
 
 @bench_app.command("ingest")
@@ -143,7 +165,6 @@ def bench_recon_command(
     seed: Annotated[int, typer.Option(help="seed of the masks")] = 0,
 ) -> None:
     """Zero-filled, SENSE, CG-SENSE, L1-wavelet, BART pics and learned bundles on the held-out test split."""
-    from rich.console import Console as RichConsole
 
     from kadapt.trainer.bench_recon import BenchSettings, run_recon_benchmark
     from kadapt.trainer.bench_report import result_table
@@ -161,17 +182,9 @@ def bench_recon_command(
         threads=threads,
         seed=seed,
     )
-    try:
-        with progress_bar() as progress:
-            task = progress.add_task("bench recon", total=None)
-            result = run_recon_benchmark(
-                settings, progress=lambda what: progress.update(task, advance=1, description=what)
-            )
-    except KadaptError as error:
-        raise fail(error) from error
-    _write_json(out, result, allow_nan=False)
-    RichConsole(width=160).print(result_table(result))
-    console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
+    _run_scored_bench(
+        "bench recon", lambda step: run_recon_benchmark(settings, progress=step), result_table, out
+    )
 
 
 @bench_app.command("sampling", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
@@ -205,7 +218,6 @@ def bench_sampling_command(
 ) -> None:
     """Sampling policies (mask families, sampler bundles, greedy population mask, per-object oracle) under one
     reconstruction on the held-out test split."""
-    from rich.console import Console as RichConsole
 
     from kadapt.trainer.bench_sampling import SamplingBenchSettings, run_sampling_benchmark
     from kadapt.trainer.bench_sampling_report import sampling_table
@@ -226,14 +238,6 @@ def bench_sampling_command(
         search_recon=search_recon,
         threads=threads,
     )
-    try:
-        with progress_bar() as progress:
-            task = progress.add_task("bench sampling", total=None)
-            result = run_sampling_benchmark(
-                settings, progress=lambda what: progress.update(task, advance=1, description=what)
-            )
-    except KadaptError as error:
-        raise fail(error) from error
-    _write_json(out, result, allow_nan=False)
-    RichConsole(width=180).print(sampling_table(result))
-    console.print(f"wrote {out} ({len(result['rows'])} rows, {len(result['skipped'])} skipped)")
+    _run_scored_bench(
+        "bench sampling", lambda step: run_sampling_benchmark(settings, progress=step), sampling_table, out
+    )
