@@ -104,14 +104,11 @@ class ScanService:
         """Parse the header, check the policy against it, create the session and its k-space file."""
         session = creation.new_session(body)
         self.kspace_files.check_size(session.geometry)
-        # File creation and removal wait for the filesystem journal, which another process's fsync (a
-        # blob written by a recon worker) can hold for tens of ms: never on the event loop, where every
-        # scan's plan is waiting too.
-        await asyncio.to_thread(self.kspace_files.create, session.scan_id, session.geometry)
+        self.kspace_files.create(session.scan_id, session.geometry)
         try:
             await self.store.create(session)
         except BaseException:
-            await asyncio.to_thread(self.kspace_files.delete, session.scan_id)
+            self.kspace_files.delete(session.scan_id)
             raise
         log.info("scan_created", scan_id=session.scan_id, geometry=session.geometry.model_dump())
         return session.public(0)
@@ -386,16 +383,13 @@ class ScanService:
         session = await self.store.get(scan_id)
         return encode_npy(keys_to_mask(await self.store.line_keys(scan_id), session.geometry))
 
-    def _delete_files(self, scan_id: str, session: ScanSession) -> None:
-        self.kspace_files.delete(scan_id)
-        creation.delete_blobs(self.blobs, session)
-
     async def delete(self, scan_id: str) -> None:
         """Forget the scan: its session, k-space file, noise and blobs."""
         session = await self.store.get(scan_id)
         self.rounds.cancel(scan_id)
         async with self._lock(scan_id):
             await self.store.delete(scan_id)
-            await asyncio.to_thread(self._delete_files, scan_id, session)
+            self.kspace_files.delete(scan_id)
+            creation.delete_blobs(self.blobs, session)
         self._locks.pop(scan_id, None)
         log.info("scan_deleted", scan_id=scan_id)
