@@ -3,16 +3,20 @@ tests/conftest.py, shared with the core's classic-recon tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from numpy.typing import NDArray
 
 from kadapt.jobs.blobs import BlobStore
+from kadapt.recon.settings import ReconSettings
 from kadapt.schemas.jobs import ReconJob
 
 SIZE = 64
@@ -56,3 +60,25 @@ def stage_job(
         return StagedJob(ReconJob.model_validate(values), kspace, mask)
 
     return stage
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan run, behind an in-process httpx client."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://recon") as client,
+    ):
+        yield client
+
+
+def settings_for(tmp_path: Path, **overrides: Any) -> ReconSettings:
+    """Recon settings on ``tmp_path`` (blobs, an empty model repository), fast queue polling."""
+    values: dict[str, Any] = {
+        "blob_dir": tmp_path / "blobs",
+        "model_repository": tmp_path / "models",
+        "block_ms": 50,
+        "consumer": "test-recon",
+    }
+    values.update(overrides)
+    return ReconSettings(**values)

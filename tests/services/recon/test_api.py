@@ -4,14 +4,12 @@ methods, jobs, problem+json."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from kadapt.errors import PROBLEM_BASE
 from kadapt.jobs.queue import MemoryJobQueue
@@ -19,27 +17,9 @@ from kadapt.jobs.redis_queue import RedisJobQueue
 from kadapt.recon.api.app import create_app
 from kadapt.recon.settings import ReconSettings
 
+from .conftest import serve, settings_for
+
 PROBLEM = "application/problem+json"
-
-
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://recon") as client,
-    ):
-        yield client
-
-
-def settings_for(tmp_path: Path, **overrides: Any) -> ReconSettings:
-    values: dict[str, Any] = {
-        "blob_dir": tmp_path / "blobs",
-        "model_repository": tmp_path / "models",
-        "block_ms": 50,
-        "consumer": "test-recon",
-    }
-    values.update(overrides)
-    return ReconSettings(**values)
 
 
 async def poll_job(client: httpx.AsyncClient, job_id: str, timeout_s: float = 30.0) -> httpx.Response:

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi import FastAPI
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
@@ -32,8 +28,9 @@ from kadapt.recon.api.app import create_app
 from kadapt.recon.domain.learned import load_learned, scan_shape
 from kadapt.recon.domain.methods import default_registry
 from kadapt.recon.domain.worker import ReconMetrics, ReconWorker
-from kadapt.recon.settings import ReconSettings
 from kadapt.schemas.jobs import ReconJob, ReconResult, ReconStatus
+
+from .conftest import serve, settings_for
 
 SIZE = 32
 COILS = 4
@@ -307,29 +304,9 @@ def test_a_choice_with_the_scan_shape_is_final_at_once(bundles: Bundles) -> None
     assert registry.choose("unet-tiny/1", wrong).method.name == "cg-sense"
 
 
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://recon") as client,
-    ):
-        yield client
-
-
-def settings_for(tmp_path: Path, repository: Path, **overrides: Any) -> ReconSettings:
-    values: dict[str, Any] = {
-        "blob_dir": tmp_path / "blobs",
-        "model_repository": repository,
-        "block_ms": 50,
-        "consumer": "test-recon",
-    }
-    return ReconSettings(**{**values, **overrides})
-
-
 async def test_the_app_serves_loaded_bundles_and_lists_them(tmp_path: Path, bundles: Bundles) -> None:
-    app = create_app(
-        settings_for(tmp_path, bundles.repository, bundles=["unet-tiny/2"]), queue=MemoryJobQueue()
-    )
+    settings = settings_for(tmp_path, model_repository=bundles.repository, bundles=["unet-tiny/2"])
+    app = create_app(settings, queue=MemoryJobQueue())
     async with serve(app) as client:
         ready = await client.get("/readyz")
         assert ready.status_code == 200
@@ -365,7 +342,8 @@ async def test_a_tampered_model_is_refused(tmp_path: Path, bundles: Bundles, exp
     with (repository / "unet-tiny" / "1" / "model.onnx").open("ab") as handle:
         handle.write(b"\0")
     requested = ["unet-tiny/1", "unet-tiny/2"] if explicit else []
-    app = create_app(settings_for(tmp_path, repository, bundles=requested), queue=MemoryJobQueue())
+    settings = settings_for(tmp_path, model_repository=repository, bundles=requested)
+    app = create_app(settings, queue=MemoryJobQueue())
     async with serve(app) as client:
         ready = await client.get("/readyz")
         models = (await client.get("/v1/models")).json()
@@ -393,7 +371,7 @@ async def test_a_requested_provider_that_fell_back_fails_readiness_in_strict_mod
 ) -> None:
     settings = settings_for(
         tmp_path,
-        bundles.repository,
+        model_repository=bundles.repository,
         bundles=["unet-tiny/2"],
         providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
         strict_providers=strict,

@@ -6,41 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from kadapt.jobs.queue import MemoryJobQueue
 from kadapt.recon.api.app import create_app
 from kadapt.recon.domain.learned import BundleStatus
 from kadapt.recon.domain.monitoring import ReconGauges, blob_volume_problem
-from kadapt.recon.settings import ReconSettings
 
-
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://recon") as client,
-    ):
-        yield client
-
-
-def settings_for(tmp_path: Path, **overrides: Any) -> ReconSettings:
-    values: dict[str, Any] = {
-        "blob_dir": tmp_path / "blobs",
-        "model_repository": tmp_path / "models",
-        "block_ms": 50,
-        "consumer": "test-recon",
-    }
-    values.update(overrides)
-    return ReconSettings(**values)
+from .conftest import serve, settings_for
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
