@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from kadapt.gateway.domain.trash import Trash
 from kadapt.jobs import BlobStore
 from kadapt.mrd.messages import Image
 from kadapt.mrd.stream import decode_stream
@@ -107,6 +109,16 @@ async def test_prospective_scan_from_acs_to_images(gateway: Gateway, scanner: Sc
     assert (await gateway.client.get(f"/v1/scans/{scan_id}")).status_code == 404
     assert not (gateway.settings.scans_dir / scan_id).exists()
     assert not Path(job.kspace_path).exists()
+    # The directories were renamed into the trash at once; a worker thread removes them soon after.
+    trash = [
+        Trash.folder_for(gateway.settings.scans_dir),
+        Trash.folder_for(gateway.settings.blobs_dir / "scans"),
+    ]
+    for _ in range(200):
+        if not any(any(folder.iterdir()) for folder in trash if folder.exists()):
+            break
+        await asyncio.sleep(0.01)
+    assert all(list(folder.iterdir()) == [] for folder in trash if folder.exists())
 
 
 async def test_prospective_lines_outside_the_plan_are_kept_and_counted(

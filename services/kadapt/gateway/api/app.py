@@ -9,6 +9,7 @@ lifespan also runs the MRD streaming server on that port (``app.state.mrd_server
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -80,6 +81,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
+            await asyncio.to_thread(service.trash.empty)  # what a previous process left behind
             if mrd_server is not None:
                 await mrd_server.start()
             yield

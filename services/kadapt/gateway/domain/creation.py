@@ -13,7 +13,8 @@ the ACS block in each of its 4 repetitions, each holding every 4th line) stream 
 from __future__ import annotations
 
 import contextlib
-import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -142,9 +143,10 @@ def planned_keys(session: ScanSession, planned: NDArray[np.bool_]) -> IntArray:
     return _keys_for(session, planned)
 
 
-def delete_blobs(blobs: BlobStore, session: ScanSession) -> None:
-    """Remove the scan's blobs: its directory under the blob root and the images the recon wrote."""
-    shutil.rmtree(blobs.root / "scans" / session.scan_id, ignore_errors=True)
+def delete_blobs(blobs: BlobStore, session: ScanSession, discard: Callable[[Path], None]) -> None:
+    """Remove the scan's blobs: its directory under the blob root through ``discard`` (the gateway's
+    :meth:`~kadapt.gateway.domain.trash.Trash.discard`) and the images the recon wrote."""
+    discard(blobs.root / "scans" / session.scan_id)
     for path in (session.images_path,):
         if path:
             # A path outside the blob root is not ours to delete (BlobStore refuses it).

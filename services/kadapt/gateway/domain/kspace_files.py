@@ -148,10 +148,9 @@ class KspaceFiles:
         return path
 
     def forget(self, scan_id: str) -> None:
-        """Drop the cached memmap (other processes keep theirs)."""
-        kspace = self._open.pop(scan_id, None)
-        if kspace is not None:
-            kspace.flush()
+        """Drop the cached memmap (other processes keep theirs). No ``msync``: the page cache keeps its
+        samples for every reader, and a completed scan's samples are already in its recon job's blob."""
+        self._open.pop(scan_id, None)
 
     def delete(self, scan_id: str) -> None:
         """Remove the scan's directory (k-space and noise)."""

@@ -34,6 +34,7 @@ from kadapt.gateway.domain.session import (
     now_unix_ms,
 )
 from kadapt.gateway.domain.store import SessionStore
+from kadapt.gateway.domain.trash import Trash
 from kadapt.jobs import BlobStore, JobQueue
 from kadapt.jobs.blobs import volume_full
 from kadapt.schemas import IngestReport, PlanResponse, ScanCreate, ScanPublic, ScanState
@@ -63,6 +64,8 @@ class ScanService:
         self.offload_bytes = offload_bytes
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Deleted scans' directories are renamed away at once and removed off the event loop (trash.py).
+        self.trash = Trash(kspace_files.root, blobs.root / "scans")
         self.rounds = PlanRounds(
             store=store, planner=planner, kspace_files=kspace_files, on_recorded=self._plan_recorded
         )
@@ -389,7 +392,9 @@ class ScanService:
         self.rounds.cancel(scan_id)
         async with self._lock(scan_id):
             await self.store.delete(scan_id)
-            self.kspace_files.delete(scan_id)
-            creation.delete_blobs(self.blobs, session)
+            self.kspace_files.forget(scan_id)
+            self.trash.discard(self.kspace_files.directory(scan_id))
+            creation.delete_blobs(self.blobs, session, self.trash.discard)
         self._locks.pop(scan_id, None)
+        self._spawn(asyncio.to_thread(self.trash.empty))
         log.info("scan_deleted", scan_id=scan_id)
