@@ -39,6 +39,10 @@ def data_build(
     coils: Annotated[int, typer.Option(help="receive coils")] = 8,
     seed: Annotated[int, typer.Option(help="seed of the simulator (deterministic)")] = 0,
     force: Annotated[bool, typer.Option(help="overwrite an existing dataset in OUT")] = False,
+    task_kind: Annotated[
+        str | None,
+        typer.Option("--task", help="task data: segmentation | classification | both (labelled brains)"),
+    ] = None,
 ) -> None:
     """Simulate multi-coil volumes from packaged anatomy; fastMRI HDF5 + MRD HDF5 + manifest.json."""
     from kadapt.data.build import build_dataset
@@ -52,7 +56,14 @@ def data_build(
                 progress.update(task, completed=done, total=total)
 
             manifest = build_dataset(
-                out, n_volumes=n_volumes, size=size, coils=coils, seed=seed, progress=advance, overwrite=force
+                out,
+                n_volumes=n_volumes,
+                size=size,
+                coils=coils,
+                seed=seed,
+                progress=advance,
+                overwrite=force,
+                task=task_kind,
             )
     except KadaptError as error:
         raise fail(error) from error

@@ -12,6 +12,10 @@ the abdomen — one in-distribution brain, one unlike the training anatomy — v
 rest), and all of its volumes (different orientations, contrasts, coils, noise) stay there. Every volume
 draws from its own ``SeedSequence(seed, spawn_key=(index,))``, so one seed gives identical arrays whatever
 the build order.
+
+With ``task`` (issue 8) the anatomy is the labelled brains of :mod:`kadapt.data.task_sources`, each file
+gains the task's label datasets (:mod:`kadapt.data.task_sim`) and ``tasks.json`` describes them
+(:mod:`kadapt.data.tasks`); without it nothing differs from the default build.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from kadapt.data.anatomy import AnatomySource
+from kadapt.data.lesions import LesionSettings
 from kadapt.data.manifest import (
     MANIFEST_NAME,
     SPLITS,
@@ -39,6 +45,16 @@ from kadapt.data.manifest import (
 )
 from kadapt.data.simulator import SimulatedVolume, SimulationSettings, simulate_volume
 from kadapt.data.sources import anatomy_sources
+from kadapt.data.task_sim import (
+    lesion_rng,
+    require_labelled,
+    simulate_task_volume,
+    task_arrays,
+    task_attrs,
+    write_task_file,
+)
+from kadapt.data.task_sources import task_sources
+from kadapt.data.tasks import TASK_INFO_NAME, TaskKind, has_lesions, parse_task
 from kadapt.errors import InvalidInputError, InvalidStateError
 from kadapt.fastmri.files import fastmri_volume, write_fastmri
 from kadapt.mrd.assemble import kspace_to_acquisitions
@@ -144,7 +160,13 @@ def code_version() -> str:
 
 
 def _write_volume(
-    out: Path, planned: PlannedVolume, sim: SimulatedVolume, seed: int, num_acs: int, oversampling: int
+    out: Path,
+    planned: PlannedVolume,
+    sim: SimulatedVolume,
+    seed: int,
+    num_acs: int,
+    oversampling: int,
+    task_data: tuple[Mapping[str, NDArray[np.uint8]], Mapping[str, str]] | None = None,
 ) -> VolumeRecord:
     slices, coils, height, width = sim.kspace.shape
     fov = (sim.fov_mm, sim.fov_mm, max(sim.slice_spacing_mm, 0.1))
@@ -166,8 +188,13 @@ def _write_volume(
             "noise_std": sim.noise_std,
             "seed": seed,
             "seed_key": planned.index,
+            **(task_data[1] if task_data else {}),
         },
-        extra_arrays={"sensitivity_maps": sim.sensitivities, "noise_covariance": sim.noise_covariance},
+        extra_arrays={
+            "sensitivity_maps": sim.sensitivities,
+            "noise_covariance": sim.noise_covariance,
+            **(task_data[0] if task_data else {}),
+        },
     )
     file = f"{planned.split}/{planned.name}.h5"
     write_fastmri(out / file, volume)
@@ -218,6 +245,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
         (out / MANIFEST_NAME).unlink(missing_ok=True)
+        (out / TASK_INFO_NAME).unlink(missing_ok=True)
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -235,6 +263,8 @@ def build_dataset(
     mrd_readout_oversampling: int = 2,
     sources: Sequence[AnatomySource] | None = None,
     overwrite: bool = False,
+    task: str | None = None,
+    lesion_settings: LesionSettings | None = None,
 ) -> DatasetManifest:
     """Simulate ``n_volumes`` volumes of k-space ``(slices_per_volume, coils, size, size)`` into ``out``.
 
@@ -242,6 +272,10 @@ def build_dataset(
     ``max(8, size // 8)``) is the ACS block flagged in the MRD files. ``sources`` restricts the anatomy
     (default: every installed source fine enough for ``size``). An existing dataset in ``out`` raises
     :class:`~kadapt.errors.InvalidStateError` unless ``overwrite``. Returns the written manifest.
+
+    ``task`` (``segmentation`` | ``classification`` | ``both``): build task data instead — ``sources``
+    default to :func:`~kadapt.data.task_sources.task_sources` and must load labelled anatomy; lesions use
+    ``lesion_settings`` (default :class:`~kadapt.data.lesions.LesionSettings`); ``tasks.json`` is written.
     """
     for name, value, minimum in (
         ("size", size, 32),
@@ -257,12 +291,18 @@ def build_dataset(
     acs = max(8, size // 8) if num_acs is None else num_acs
     if not 1 <= acs <= size:
         raise InvalidInputError(f"num_acs={acs} must be within 1..size={size}")
+    kind: TaskKind | None = None if task is None else parse_task(task)
+    lesions = lesion_settings or LesionSettings()
+    if kind is not None and sources is None:
+        sources = task_sources()
     used, skipped = select_sources(size, sources)
     plan = plan_volumes(used, n_volumes)
     out = Path(out)
     _prepare(out, overwrite)
     settings = SimulationSettings(size=size, coils=coils, slices=slices_per_volume)
     records: dict[int, VolumeRecord] = {}
+    label_methods: dict[str, str] = {}
+    lesion_slices: dict[str, int] = {}
     # One anatomy in memory at a time: volumes are simulated source by source.
     for source in used:
         mine = [planned for planned in plan if planned.source is source]
@@ -272,8 +312,19 @@ def build_dataset(
         anatomy = source.load(files)
         for planned in mine:
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(planned.index,)))
-            sim = simulate_volume(anatomy, settings, rng)
-            records[planned.index] = _write_volume(out, planned, sim, seed, acs, mrd_readout_oversampling)
+            task_data = None
+            if kind is None:
+                sim = simulate_volume(anatomy, settings, rng)
+            else:
+                labelled = require_labelled(anatomy)
+                label_methods[source.name] = labelled.label_method
+                generator = lesion_rng(seed, planned.index) if has_lesions(kind) else None
+                made = simulate_task_volume(labelled, settings, rng, kind, generator, lesions)
+                sim, task_data = made.sim, (task_arrays(made, kind), task_attrs(kind))
+                lesion_slices[planned.name] = 0 if made.lesions is None else int(made.lesions.present.sum())
+            records[planned.index] = _write_volume(
+                out, planned, sim, seed, acs, mrd_readout_oversampling, task_data
+            )
             if progress is not None:
                 progress(len(records), len(plan), records[planned.index])
         del anatomy
@@ -322,4 +373,6 @@ def build_dataset(
         code_version=code_version(),
     )
     write_manifest(out, manifest)
+    if kind is not None:
+        write_task_file(out, kind, manifest, label_methods, lesion_slices, lesions)
     return manifest

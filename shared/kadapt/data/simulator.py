@@ -10,6 +10,9 @@ coil-correlated complex Gaussian noise at a random SNR.
 Axes follow fastMRI: k-space ``(slices, coils, H, W)``, readout (kx) along H, phase encode (ky) along W.
 The target is the RSS of the noiseless coil images (which equals the object magnitude, the maps having
 unit RSS): a clean ground truth, unlike fastMRI's RSS of noisy data.
+
+:func:`simulate_volume` is :func:`plan_slices` then :func:`render_volume`; the task data
+(:mod:`kadapt.data.task_sim`) cuts labels and draws lesions between the two.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from scipy import ndimage
 
 from kadapt.data.anatomy import TISSUE_CLASSES, Anatomy
 from kadapt.data.coils_sim import birdcage_sensitivities, coil_noise, random_noise_covariance
-from kadapt.errors import InvalidInputError
+from kadapt.errors import GeometryMismatchError, InvalidInputError
 from kadapt.kspace.fft import fft2c
 
 # Relative signal per tissue class (fluid-like, grey-like, white-like, fat-like) for each contrast; each
@@ -219,7 +222,22 @@ def simulate_volume(
 
     Every random choice comes from ``rng`` in a fixed order, so one seed gives identical arrays.
     """
-    geometry = plan_slices(anatomy, settings, rng)
+    return render_volume(anatomy, plan_slices(anatomy, settings, rng), settings, rng)
+
+
+def render_volume(
+    anatomy: Anatomy,
+    geometry: SliceGeometry,
+    settings: SimulationSettings,
+    rng: np.random.Generator,
+    modulation: NDArray[np.float32] | None = None,
+) -> SimulatedVolume:
+    """The rest of :func:`simulate_volume` once the slices are planned: contrast, bias, phase, coils, noise.
+
+    ``modulation`` ``(slices, H, W)``: an optional multiplicative change of the object magnitude (the
+    synthetic lesions of :mod:`kadapt.data.lesions`), applied after the intensity scale is fixed so that
+    pixels it leaves at 1 are identical to the unmodulated volume's. It draws nothing from ``rng``.
+    """
     tissues = tissue_slices(anatomy, geometry, settings.supersampling)
     contrast = str(rng.choice(sorted(CONTRASTS)))
     weights = np.asarray(CONTRASTS[contrast]) * rng.uniform(0.85, 1.15, size=TISSUE_CLASSES)
@@ -229,13 +247,19 @@ def simulate_volume(
     scale = float(np.percentile(magnitude, 99))
     if scale <= 0:
         raise InvalidInputError(f"slices of {anatomy.source} hold no tissue ({geometry.orientation})")
+    if modulation is not None:
+        if modulation.shape != magnitude.shape:
+            raise GeometryMismatchError(f"modulation {modulation.shape} must be {magnitude.shape}")
+        magnitude = magnitude * modulation
     phase = smooth_phase(settings.slices, size, size, rng)
     image = ((magnitude / scale) * np.exp(1j * phase)).astype(np.complex64)
     sensitivities = birdcage_sensitivities(settings.coils, size, size, rng)
     coil_images = sensitivities[None] * image[:, None]
     target = np.sqrt(np.sum(np.abs(coil_images) ** 2, axis=1)).astype(np.float32)
     foreground = tissues.sum(axis=0) > 0.5
-    signal = float(target[foreground].mean()) if foreground.any() else float(target.mean())
+    # The noise level follows the unmodulated object, so a lesion does not change a volume's SNR.
+    unmodulated = target if modulation is None else target / modulation
+    signal = float(unmodulated[foreground].mean()) if foreground.any() else float(unmodulated.mean())
     snr = float(np.exp(rng.uniform(*np.log(settings.snr_range))))
     noise_std = signal / snr
     covariance = random_noise_covariance(settings.coils, rng, correlation=settings.noise_correlation)
