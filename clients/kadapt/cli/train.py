@@ -52,6 +52,10 @@ def train_recon_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of masks, batches and initialisation")] = 0,
     smp: Annotated[bool, typer.Option(help="refine the ACS maps with the SMP inside the model")] = False,
+    select: Annotated[
+        str | None,
+        typer.Option(help="validation metric whose mean picks the exported epoch: ssim | psnr (config)"),
+    ] = None,
 ) -> None:
     """Train a reconstruction model on the train split, validate on val, export the best as a bundle.
 
@@ -87,6 +91,7 @@ def train_recon_command(
             seed=seed,
             smp=smp,
             policies=tuple(policy) if policy else None,
+            select=select,
         )
         result = train_recon(settings, console=console)
     except KadaptError as error:
@@ -95,7 +100,7 @@ def train_recon_command(
         return
     console.print(
         f"wrote {result.bundle.path} (epochs {result.first_epoch}..{result.epochs_completed}, best epoch "
-        f"{result.best_epoch}, mean val SSIM {result.best_ssim:.4f}) in {result.seconds:.1f} s"
+        f"{result.best_epoch}, mean val {settings.select} {result.best_score:.4f}) in {result.seconds:.1f} s"
     )
 
 

@@ -46,6 +46,9 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 LOSS_PRESETS = ("seed004", "seed001")
 LR_SCHEDULES = ("constant", "cosine")
 LrSchedule = Literal["constant", "cosine"]
+# The validation metric whose mean over every (mask, R) selects the exported epoch.
+SelectionMetric = Literal["ssim", "psnr"]
+SELECTION_METRICS: tuple[str, ...] = get_args(SelectionMetric)
 LOSS_WEIGHT_NAMES = ("ssim_weight", "l1_weight", "hfen_weight", "nrmse_weight", "kspace_weight")
 #: ``--quick``: a handful of steps and a few validation slices (used by the tests).
 QUICK_TRAINING: dict[str, int] = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 1, "val_slices": 2}
@@ -110,6 +113,7 @@ class TrainConfig(BundleOut):
     smp: bool = False
     smp_params: dict[str, Any] = field(default_factory=dict)
     policies: tuple[Path, ...] = ()
+    select: SelectionMetric = "ssim"
 
 
 def read_config_document(path: Path) -> dict[str, Any]:
@@ -196,10 +200,13 @@ def make_config(
     seed: int = 0,
     smp: bool = False,
     policies: tuple[Path, ...] | None = None,
+    select: str | None = None,
 ) -> TrainConfig:
     """Validate the inputs, read the YAML / TOML config (default ``configs/<model>.yaml``), apply overrides.
 
     ``policies`` (``--policy``, any number) replace the config's ``training.policies`` list when given.
+    ``select`` (``--select``) overrides ``training.select``: the validation metric whose mean over every
+    (mask, R) picks the exported epoch, ``ssim`` (default) or ``psnr``.
 
     Raises :class:`InvalidInputError` (unknown model, bad sizes, bad ``out``, 2D mask family, a policy
     bundle of another kind or a duplicate name), :class:`InvalidAccelerationError` (an R <= 1, an R a
@@ -244,6 +251,11 @@ def make_config(
         training.update(QUICK_TRAINING)
     overrides = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size}
     training.update({key: value for key, value in overrides.items() if value is not None})
+    selection = str(select if select is not None else training.get("select", "ssim"))
+    if selection not in SELECTION_METRICS:
+        raise InvalidInputError(
+            f"config {path}: unknown selection metric {selection!r}; choose {list(SELECTION_METRICS)}"
+        )
     preset = str(loss.get("preset", "seed004"))
     if preset not in LOSS_PRESETS:
         raise InvalidInputError(f"config {path}: unknown loss preset {preset!r}; choose {list(LOSS_PRESETS)}")
@@ -281,6 +293,7 @@ def make_config(
         smp=smp,
         smp_params=smp_params,
         policies=tuple(Path(policy) for policy in policies),
+        select=cast(SelectionMetric, selection),
     )
     for name in ("epochs", "steps_per_epoch", "batch_size", "lr"):
         _positive(name, getattr(config, name))

@@ -2,8 +2,8 @@
 
 ``train_recon(config)`` is the one entry point (the CLI's ``kadapt train recon`` calls it). The runs
 directory (``config.runs``) holds ``last.pt`` (model, optimiser, epoch, step, best metric, mask-generator
-state: what ``--resume`` continues from), ``best.pt`` (the weights with the best mean validation SSIM)
-and ``tensorboard/`` (SummaryWriter scalars).
+state: what ``--resume`` continues from), ``best.pt`` (the weights with the best mean validation SSIM,
+or PSNR with ``select: psnr``) and ``tensorboard/`` (SummaryWriter scalars).
 
 Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel, every rank draws its
 own batches and masks, and rank 0 alone validates and writes; see :mod:`kadapt.trainer.distributed`.
@@ -80,7 +80,7 @@ class TrainResult:
     epochs_completed: int
     global_step: int
     best_epoch: int
-    best_ssim: float
+    best_score: float
     validation: dict[str, dict[str, float]]
     seconds: float
     rank: int = 0
@@ -126,9 +126,10 @@ def validate(
     return results
 
 
-def mean_ssim(metrics: dict[str, dict[str, float]]) -> float:
-    """The model-selection criterion: mean SSIM over every (mask, R)."""
-    return float(np.mean([entry["ssim"] for entry in metrics.values()]))
+def mean_metric(metrics: dict[str, dict[str, float]], name: str = "ssim") -> float:
+    """The model-selection criterion: the mean of ``name`` (``config.select``: SSIM by default, or PSNR)
+    over every (mask, R)."""
+    return float(np.mean([entry[name] for entry in metrics.values()]))
 
 
 class TrainingForward(nn.Module):
@@ -263,7 +264,7 @@ def _train(
     loss = build_loss(config.loss_preset, config.loss_weights)
     rng = rank_generator(config.seed, context.rank)
     augment_rng = np.random.default_rng([config.seed, context.rank, 1])  # flips; not checkpointed
-    epoch, step, best_ssim, best_epoch = 0, 0, -math.inf, 0
+    epoch, step, best_score, best_epoch = 0, 0, -math.inf, 0
     best_metrics: dict[str, dict[str, float]] = {}
     init_record = warm_start(model, config.init_from, load=not config.resume) if config.init_from else None
     if config.resume:
@@ -283,7 +284,9 @@ def _train(
         model.load_state_dict(checkpoint["model"])
         optimiser.load_state_dict(checkpoint["optimiser"])
         epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
-        best_ssim, best_epoch = float(checkpoint["best_ssim"]), int(checkpoint["best_epoch"])
+        # Runs written before ``select`` existed saved their (SSIM) score as "best_ssim".
+        best_score = float(checkpoint.get("best_score", checkpoint.get("best_ssim", -math.inf)))
+        best_epoch = int(checkpoint["best_epoch"])
         best_metrics = checkpoint["best_metrics"]
         states = checkpoint.get("mask_rngs") or [checkpoint["mask_rng"]]
         rng = restore_rank_generator(states, config.seed, context, step)
@@ -328,13 +331,14 @@ def _train(
                 rng_states = gather_objects(rng.bit_generator.state, context)
                 if writer is not None:
                     metrics = validate(model, val_set, fixed_masks, device)
-                    score = mean_ssim(metrics)
+                    score = mean_metric(metrics, config.select)
                     for key, entry in metrics.items():
                         for name, value in entry.items():
                             writer.add_scalar(f"val/{key}/{name}", value, epoch)
-                    writer.add_scalar("val/mean_ssim", score, epoch)
-                    if score > best_ssim:
-                        best_ssim, best_epoch, best_metrics = score, epoch, metrics
+                    writer.add_scalar("val/mean_ssim", mean_metric(metrics, "ssim"), epoch)
+                    writer.add_scalar("val/mean_psnr", mean_metric(metrics, "psnr"), epoch)
+                    if score > best_score:
+                        best_score, best_epoch, best_metrics = score, epoch, metrics
                         torch.save(
                             {"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_path
                         )
@@ -346,7 +350,7 @@ def _train(
                             "optimiser": optimiser.state_dict(),
                             "epoch": epoch,
                             "step": step,
-                            "best_ssim": best_ssim,
+                            "best_score": best_score,
                             "best_epoch": best_epoch,
                             "best_metrics": best_metrics,
                             "mask_rng": rng_states[0],
@@ -355,7 +359,9 @@ def _train(
                         },
                         last_path,
                     )
-                    progress.update(task, status=f"epoch {epoch} val SSIM {score:.4f} (best {best_ssim:.4f})")
+                    progress.update(
+                        task, status=f"epoch {epoch} val {config.select} {score:.4f} (best {best_score:.4f})"
+                    )
                 barrier(context, device)  # the other ranks wait for rank 0's validation and checkpoints
     finally:
         if writer is not None:
@@ -379,6 +385,7 @@ def _train(
             "steps": step,
             "epochs": epoch,
             "best_epoch": best_epoch,
+            "selected_by": f"mean val {config.select}",
             "batch_size": config.batch_size,
             "world_size": context.world_size,
             "lr": config.lr,
@@ -401,16 +408,16 @@ def _train(
             training=training,
             validation=best_metrics,
         )
-        summary = (bundle, best_epoch, best_ssim, best_metrics)
+        summary = (bundle, best_epoch, best_score, best_metrics)
     # The other ranks wait here while rank 0 exports, then report what it wrote.
-    bundle, best_epoch, best_ssim, best_metrics = broadcast_from_main(summary, context)
+    bundle, best_epoch, best_score, best_metrics = broadcast_from_main(summary, context)
     return TrainResult(
         bundle=bundle,
         first_epoch=first_epoch,
         epochs_completed=epoch,
         global_step=step,
         best_epoch=best_epoch,
-        best_ssim=best_ssim,
+        best_score=best_score,
         validation=best_metrics,
         seconds=time.perf_counter() - started,
         rank=context.rank,

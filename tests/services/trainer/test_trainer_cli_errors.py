@@ -72,6 +72,10 @@ def test_bad_config_values_are_named(tiny_dataset: Path, tmp_path: Path) -> None
         make_config("unet", tiny_dataset, (4.0,), ("vd-random",), tmp_path / "Bad Name" / "1")
     with pytest.raises(InvalidInputError, match="epochs must be > 0, got 0"):
         make_config("unet", tiny_dataset, (4.0,), ("vd-random",), out, epochs=0)
+    with pytest.raises(InvalidInputError, match="'nmse'"):
+        make_config("unet", tiny_dataset, (4.0,), ("vd-random",), out, select="nmse")
+    assert make_config("unet", tiny_dataset, (4.0,), ("vd-random",), out).select == "ssim"
+    assert make_config("unet", tiny_dataset, (4.0,), ("vd-random",), out, select="psnr").select == "psnr"
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model:\n  chans: 8\n  depth: 3\n")
     with pytest.raises(InvalidInputError, match="depth"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kadapt.bundles import load_bundle
 from kadapt.errors import InvalidInputError, InvalidStateError
@@ -90,3 +91,23 @@ def test_an_existing_bundle_version_is_refused(
     )
     with pytest.raises(InvalidStateError, match="exists already"):
         train_recon(config, show_progress=False)
+
+
+def test_select_psnr_exports_the_epoch_with_the_best_mean_val_psnr(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    repository, runs = tmp_path / "models", tmp_path / "runs"
+    config = make_config(
+        "unet", tiny_dataset, ACCELERATIONS, MASKS, repository / "unet" / "1", runs=runs,
+        quick=True, epochs=3, select="psnr",
+    )  # fmt: skip
+    result = train_recon(config, show_progress=False)
+    events = EventAccumulator(str(runs / "tensorboard"))
+    events.Reload()
+    psnr = {event.step: event.value for event in events.Scalars("val/mean_psnr")}
+    assert sorted(psnr) == [1, 2, 3]
+    assert result.best_epoch == max(psnr, key=lambda epoch: psnr[epoch])
+    assert result.best_score == pytest.approx(psnr[result.best_epoch], rel=1e-5)
+    manifest = load_bundle(repository, "unet", "1").manifest
+    assert manifest.training["selected_by"] == "mean val psnr"
+    assert manifest.training["best_epoch"] == result.best_epoch
