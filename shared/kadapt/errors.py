@@ -18,6 +18,7 @@ that needs response headers (``WWW-Authenticate``, ``Retry-After``) returns them
     │   ├── DuplicateLineError            409  duplicate-line
     │   ├── InvalidAccelerationError      422  invalid-acceleration  (impossible R or ACS for the matrix)
     │   ├── InvalidHeaderError            422  invalid-header        (MRD XML header)
+    │   ├── BundleKindError               422  bundle-kind-mismatch  (a bundle of the wrong kind)
     │   ├── PayloadTooLargeError          413  payload-too-large
     │   └── UnsupportedMediaTypeError     415  unsupported-media-type (body content type)
     ├── NotFoundError                     404  not-found
@@ -119,6 +120,13 @@ class InvalidAccelerationError(InvalidInputError):
 
 class InvalidHeaderError(InvalidInputError):
     slug, status, title = "invalid-header", 422, "Invalid MRD header"
+
+
+class BundleKindError(InvalidInputError):
+    """A request names a model bundle that exists but is of a kind the use does not take (e.g. an
+    ``mnet`` bundle as a scan's fixed-mask fallback); ``detail`` names the bundle and both kinds."""
+
+    slug, status, title = "bundle-kind-mismatch", 422, "Model bundle of the wrong kind"
 
 
 class PayloadTooLargeError(InvalidInputError):

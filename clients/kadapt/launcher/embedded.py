@@ -63,7 +63,11 @@ async def embedded_stack(
         gateway_app = create_gateway(
             # One process, one terminal: request logs would drown the demo's table.
             GatewaySettings(
-                data_dir=data_dir, sampler_url="http://sampler", log_level=log_level, mrd_port=mrd_port
+                data_dir=data_dir,
+                sampler_url="http://sampler",
+                log_level=log_level,
+                mrd_port=mrd_port,
+                model_repository=model_repository,  # fixed-mask bundles as scan fallbacks
             ),
             sampler_client=sampler_client,
             queue=queue,

@@ -103,6 +103,8 @@ class ProcessStack:
                 "KADAPT_RECON_BLOB_DIR": str(self.data_dir / "blobs"),
                 "KADAPT_RECON_MODEL_REPOSITORY": str(self.model_repository),
                 "KADAPT_GATEWAY_DATA_DIR": blobs,
+                # Fixed-mask bundles a scan may name as its fallback: the sampler's repository.
+                "KADAPT_GATEWAY_MODEL_REPOSITORY": str(self.model_repository),
                 "KADAPT_GATEWAY_SAMPLER_URL": self.url("sampler") if "sampler" in self.ports else "",
             }
         )

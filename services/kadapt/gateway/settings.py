@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kadapt.auth import AuthSettings
@@ -20,12 +20,19 @@ class GatewaySettings(BaseSettings, AuthSettings):
     0 picks a free port); the ``mrd_*`` limits bound each connection's memory and time.
     With ``auth_tokens_file`` / ``auth_tokens`` listing tokens, every ``/v1`` route needs a bearer token
     (``docs/security.md``); ``sampler_token`` authenticates the gateway to a sampler that requires one.
+    ``model_repository`` holds the ``fixed-mask`` bundles a scan may name as its fallback (only those are
+    read, numpy only; ``domain/fallbacks.py``); empty or None: the fallback is a mask family.
     """
 
     model_config = SettingsConfigDict(env_prefix="KADAPT_GATEWAY_", extra="ignore")
 
     redis_url: str | None = None
     sampler_url: str = "http://127.0.0.1:8001"
+    model_repository: Path | None = Field(
+        default=Path("models"),
+        description="fixed-mask bundles a scan's `policy.fallback` may name (`name` or `name/version`), "
+        "read at scan creation; the sampler's repository. Empty: mask families only",
+    )
     data_dir: Path = Path("kadapt-data")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_scan_bytes: int = Field(
@@ -69,6 +76,12 @@ class GatewaySettings(BaseSettings, AuthSettings):
     mrd_dicom_dir: Path | None = Field(
         default=None, description="MRD sessions with dicom=on write <dir>/<scan_id>/*.dcm; unset: refused"
     )
+
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _empty_repository_is_none(cls, value: object) -> object:
+        """``KADAPT_GATEWAY_MODEL_REPOSITORY=`` (empty) turns bundle fallbacks off, as None does."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def scans_dir(self) -> Path:

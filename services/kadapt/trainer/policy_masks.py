@@ -26,7 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
 
-from kadapt.bundles import SAMPLER_BUNDLE_KINDS, SamplerMasks, read_manifest
+from kadapt.bundles import read_manifest
+from kadapt.bundles.sampler_masks import SAMPLER_BUNDLE_KINDS, SamplerMasks
 from kadapt.errors import InvalidAccelerationError, InvalidInputError, NotFoundError
 from kadapt.kspace.preprocess import acs_block
 from kadapt.masks import mask_families

@@ -2,10 +2,12 @@
 
 ``<repository>/<name>/<version>/manifest.json`` with ``model.onnx`` / ``model.pt`` / ``mask.npy``;
 :func:`load_bundle` verifies every file before use, :func:`write_bundle` computes the digests;
-:class:`SamplerMasks` gives the plan a sampler bundle (``mnet`` / ``fixed-mask``) serves for a scan.
+:class:`~kadapt.bundles.sampler_masks.SamplerMasks` gives the plan a sampler bundle (``mnet`` /
+``fixed-mask``) serves for a scan (that module reaches ONNX Runtime; the package itself does not).
 See ``docs/bundles.md``.
 """
 
+from kadapt.bundles.fixed_masks import served_fixed_plan
 from kadapt.bundles.manifest import (
     MANIFEST_FILENAME,
     SCHEMA_VERSION,
@@ -28,18 +30,15 @@ from kadapt.bundles.repository import (
     verify_files,
     write_bundle,
 )
-from kadapt.bundles.sampler_masks import SAMPLER_BUNDLE_KINDS, SamplerMasks, served_fixed_plan
 
 __all__ = [
     "MANIFEST_FILENAME",
-    "SAMPLER_BUNDLE_KINDS",
     "SCHEMA_VERSION",
     "Bundle",
     "BundleGeometry",
     "BundleKind",
     "BundleRef",
     "Manifest",
-    "SamplerMasks",
     "TensorSpec",
     "list_bundle_refs",
     "list_bundles",

@@ -34,6 +34,13 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
 
+from kadapt.bundles.fixed_masks import (
+    ACCELERATION_RTOL,
+    centre_tiebreak,
+    fixed_mask_scores,
+    served_fixed_order,
+    served_fixed_plan,
+)
 from kadapt.bundles.manifest import MANIFEST_FILENAME, sha256_file
 from kadapt.bundles.repository import Bundle, load_bundle
 from kadapt.errors import (
@@ -54,7 +61,9 @@ __all__ = [
     "SAMPLER_BUNDLE_KINDS",
     "SamplerMasks",
     "centre_tiebreak",
+    "fixed_mask_scores",
     "open_sampler_session",
+    "served_fixed_order",
     "served_fixed_plan",
 ]
 
@@ -63,9 +72,6 @@ SAMPLER_BUNDLE_KINDS = ("mnet", "fixed-mask")
 MNET_MODEL_FILE = "model.onnx"
 MNET_INPUT_NAME = "acs"
 MNET_OUTPUT_NAME = "scores"
-MASK_FILE = "mask.npy"
-#: R matches a manifest acceleration within this relative tolerance (the sampler's ``np.isclose``).
-ACCELERATION_RTOL = 1e-6
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -110,52 +116,6 @@ def open_sampler_session(bundle: Bundle, threads: int = 1) -> onnxruntime.Infere
     return session
 
 
-def centre_tiebreak(width: int, ceiling: float = 1.0) -> FloatArray:
-    """Distinct small scores ``(W,)`` in ``(0, ceiling / 2]`` ranking lines by distance to the centre
-    ``W // 2``, lower ky first on equal distance: the sampler's tie-break for fixed scores (a bool mask
-    has only two values), docs/sampler.md "Plans"."""
-    ky = np.arange(width)
-    order = np.lexsort((ky, np.abs(ky - width // 2)))  # nearest the centre first
-    rank = np.empty(width, dtype=np.float64)
-    rank[order] = np.arange(width, 0, -1)
-    tiebreak: FloatArray = rank / width * (ceiling / 2.0)
-    return tiebreak
-
-
-def served_fixed_plan(scores: NDArray[np.generic], num_acs: int, acceleration: float) -> BoolArray:
-    """The mask ``(W,)`` bool the sampler serves from ``fixed-mask`` scores ``(W,)`` (float or bool) at R
-    with nothing acquired beyond the ACS: the ACS block plus the top ``round(W / R) - num_acs`` free
-    lines, equal scores separated by :func:`centre_tiebreak` kept below half the smallest gap between
-    distinct scores (so it never reorders distinct scores)."""
-    values = np.asarray(scores, dtype=np.float64)
-    if values.ndim != 1 or not np.all(np.isfinite(values)):
-        raise InvalidInputError(f"fixed-mask scores must be a finite (W,) array, got shape {values.shape}")
-    width = values.shape[0]
-    budget = line_budget(width, acceleration, num_acs)
-    distinct = np.unique(values)
-    gap = float(np.min(np.diff(distinct))) if distinct.size > 1 else 1.0
-    ranked = values + centre_tiebreak(width, gap)
-    plan: BoolArray = np.asarray(topk_plan(ranked, acs_mask(width, num_acs), budget), dtype=np.bool_)
-    return plan
-
-
-def _load_fixed_scores(bundle: Bundle) -> FloatArray:
-    manifest = bundle.manifest
-    try:
-        mask = np.load(bundle.file(MASK_FILE), allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise BundleError(f"bundle {manifest.ref}: cannot read {MASK_FILE}: {err}") from err
-    width = manifest.geometry.ky
-    if mask.shape != (width,):
-        raise BundleError(f"bundle {manifest.ref}: {MASK_FILE} is {mask.shape}, the geometry says ({width},)")
-    if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.floating):
-        raise BundleError(f"bundle {manifest.ref}: {MASK_FILE} has dtype {mask.dtype}, not bool/float")
-    scores: FloatArray = mask.astype(np.float64)
-    if not np.all(np.isfinite(scores)):
-        raise BundleError(f"bundle {manifest.ref}: {MASK_FILE} holds NaN or Inf scores")
-    return scores
-
-
 class SamplerMasks:
     """The plans of one ``mnet`` or ``fixed-mask`` bundle, as the sampler service serves them.
 
@@ -183,7 +143,7 @@ class SamplerMasks:
         self._fixed_scores: FloatArray | None = None
         self._session: ScoreSession | None = None
         if self.kind == "fixed-mask":
-            self._fixed_scores = _load_fixed_scores(bundle)
+            self._fixed_scores = fixed_mask_scores(bundle)
         else:
             self._session = session if session is not None else open_sampler_session(bundle, threads)
 

@@ -29,8 +29,10 @@ class ScanPolicy(WireModel):
 
     ``acceleration`` is R = total_lines / acquired_lines including the ``num_acs`` ACS block; the plan has
     exactly ``round(W / R)`` lines. ``plan_deadline_ms`` is the time the sequence can wait for a plan,
-    counted from the moment the gateway asks. ``fallback`` is the fixed mask family served (marked
-    degraded) when the sampler is late, missing or failing.
+    counted from the moment the gateway asks. ``fallback`` is the fixed policy served (marked degraded)
+    when the sampler is late, missing or failing: a 1d / kt mask family, or a ``fixed-mask`` bundle of the
+    gateway's model repository (``name`` = latest version, or ``name/version``), resolved when the scan
+    is created and kept with it.
     """
 
     sampler: ModelName = Field(default="vd-random", description="sampler policy (mask family or bundle name)")
@@ -38,7 +40,11 @@ class ScanPolicy(WireModel):
     num_acs: int = Field(default=16, ge=1, le=1024)
     plan_deadline_ms: float = Field(default=200.0, gt=0.0, le=60_000.0)
     fallback: ModelName = Field(
-        default="vd-random", description="fixed mask family used when the sampler fails"
+        default="vd-random",
+        description="fixed policy served (degraded) when the sampler is late, down or failing: a 1d or kt "
+        "mask family (e.g. vd-random), or a fixed-mask bundle of the gateway's model repository, `name` "
+        "(latest version) or `name/version` (e.g. loupe/1), whose served plan at R is used; the bundle is "
+        "resolved and checked (kind, W, R) when the scan is created and kept with the session",
     )
     recon: ModelName = Field(default="cg-sense", description="reconstruction method or bundle name")
     outputs: StrTuple = Field(default=("npy", "png", "mrd"))

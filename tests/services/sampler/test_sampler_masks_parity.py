@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from kadapt.bundles import BundleGeometry, Manifest, SamplerMasks, load_bundle, utc_now, write_bundle
+from kadapt.bundles import BundleGeometry, Manifest, load_bundle, utc_now, write_bundle
+from kadapt.bundles.sampler_masks import SamplerMasks
 from kadapt.kspace.preprocess import acs_block
 from kadapt.masks import acs_lines
 from kadapt.nn.mnet import MNet, MNetGeometry, randomise_parameters

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from kadapt.bundles import (
     BundleGeometry,
     Manifest,
-    SamplerMasks,
     load_bundle,
     served_fixed_plan,
     utc_now,
     write_bundle,
 )
+from kadapt.bundles.sampler_masks import SamplerMasks
 from kadapt.cli.main import app
 from kadapt.data.manifest import load_manifest
 from kadapt.errors import InvalidAccelerationError, InvalidInputError, NotFoundError

@@ -15,13 +15,13 @@ import torch
 from kadapt.bundles import (
     BundleGeometry,
     Manifest,
-    SamplerMasks,
     TensorSpec,
     load_bundle,
     served_fixed_plan,
     utc_now,
     write_bundle,
 )
+from kadapt.bundles.sampler_masks import SamplerMasks
 from kadapt.errors import (
     BundleError,
     GeometryMismatchError,

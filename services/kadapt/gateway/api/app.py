@@ -22,6 +22,7 @@ from kadapt.gateway.api.limits import BodySizeLimit
 from kadapt.gateway.api.observability import RequestContext, configure_logging
 from kadapt.gateway.api.problems import install_problem_handlers
 from kadapt.gateway.api.routes import router
+from kadapt.gateway.domain.fallbacks import FallbackBundles
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import PlanMetrics, Planner
 from kadapt.gateway.domain.scans import ScanService
@@ -74,6 +75,7 @@ def create_app(
         kspace_files=KspaceFiles(settings.scans_dir, max_scan_bytes=settings.max_scan_bytes),
         blobs=BlobStore(settings.blobs_dir),
         offload_bytes=settings.offload_bytes,
+        fallback_bundles=FallbackBundles(settings.model_repository),
     )
 
     mrd_server = MrdServer(service, settings, registry=registry) if settings.mrd_port is not None else None

@@ -2,7 +2,9 @@
 
 Everything a later request could trip over is refused here, before anything is stored: a header
 kadapt cannot use (non-Cartesian, 3D, no receiver channel count), an acceleration or ACS block impossible
-for the matrix, an unknown or non-line fallback family, unknown output formats.
+for the matrix, an unknown or non-line fallback family, a fallback bundle that is not a ``fixed-mask``
+bundle or does not fit the scan's W / R (:mod:`~kadapt.gateway.domain.fallbacks`; the resolved pattern
+is stored in the session), unknown output formats.
 
 Headers with several repetitions are accepted: a (slice, frame, ky) line is acquired once, by the first
 readout of it that arrives; the same line in a later repetition is a repeat and is skipped (ingest), so
@@ -20,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kadapt.errors import InvalidAccelerationError, InvalidHeaderError, InvalidInputError, KadaptError
+from kadapt.gateway.domain.fallbacks import FallbackBundles, FallbackPattern, resolve_fallback
 from kadapt.gateway.domain.images import IMAGE_FORMATS
 from kadapt.gateway.domain.planning import PlanContext, fallback_plan
 from kadapt.gateway.domain.session import Encoding, ScanSession, line_keys, new_scan_id, now_unix_ms
@@ -52,19 +55,29 @@ def check_header(info: EncodingInfo) -> None:
         )
 
 
-def check_policy(policy: ScanPolicy, geometry: ScanGeometry, encoding: Encoding) -> None:
-    """Raise for a policy impossible on ``geometry``: :class:`InvalidAccelerationError` (R / ACS),
-    :class:`UnknownMaskFamilyError` (fallback), :class:`InvalidInputError` (2D fallback, outputs)."""
+def check_policy(
+    policy: ScanPolicy,
+    geometry: ScanGeometry,
+    encoding: Encoding,
+    bundles: FallbackBundles | None = None,
+) -> FallbackPattern | None:
+    """Raise for a policy impossible on ``geometry``: :class:`InvalidAccelerationError` (R / ACS, or an R
+    the fallback bundle does not serve), :class:`UnknownMaskFamilyError` / :class:`BundleNotFoundError`
+    (fallback), :class:`BundleKindError` / :class:`GeometryMismatchError` (fallback bundle),
+    :class:`InvalidInputError` (2D fallback, outputs). Returns the fallback bundle's pattern (None for a
+    mask family), looked up in ``bundles`` (None: mask families only)."""
     unknown = sorted(set(policy.outputs) - set(IMAGE_FORMATS))
     if unknown:
         raise InvalidInputError(f"outputs {unknown} are not among {list(IMAGE_FORMATS)}")
     line_budget(geometry.width, policy.acceleration, policy.num_acs)
-    family = get_family(policy.fallback)
-    if family.dims not in ("1d", "kt"):
-        raise InvalidInputError(
-            f"fallback family {policy.fallback!r} makes {family.dims} point masks; the gateway plans lines "
-            "(use a 1d or kt family)"
-        )
+    pattern = resolve_fallback(policy, geometry, bundles)
+    if pattern is None:
+        family = get_family(policy.fallback)
+        if family.dims not in ("1d", "kt"):
+            raise InvalidInputError(
+                f"fallback family {policy.fallback!r} makes {family.dims} point masks; the gateway plans "
+                "lines (use a 1d or kt family)"
+            )
     columns = acs_lines(geometry.width, policy.num_acs)
     first, last = encoding.ky_min + encoding.ky_offset, encoding.ky_max + encoding.ky_offset
     if columns[0] < first or columns[-1] > last:
@@ -73,10 +86,12 @@ def check_policy(policy: ScanPolicy, geometry: ScanGeometry, encoding: Encoding)
             f"{first}..{last} of the header's ky limits",
             num_acs=policy.num_acs,
         )
+    return pattern
 
 
-def new_session(body: ScanCreate) -> ScanSession:
-    """A fresh ``created`` session for ``body`` (nothing stored yet)."""
+def new_session(body: ScanCreate, bundles: FallbackBundles | None = None) -> ScanSession:
+    """A fresh ``created`` session for ``body`` (nothing stored yet); a fallback naming a fixed-mask
+    bundle is resolved in ``bundles`` (the gateway's model repository) and kept in the session."""
     info = parse_header(body.header_xml)
     check_header(info)
     geometry = ScanGeometry(
@@ -94,7 +109,7 @@ def new_session(body: ScanCreate) -> ScanSession:
         repetitions=info.repetitions,
         field_of_view_mm=info.recon_fov_mm,
     )
-    check_policy(body.policy, geometry, encoding)
+    fallback_pattern = check_policy(body.policy, geometry, encoding, bundles)
     now = now_unix_ms()
     session = ScanSession(
         scan_id=new_scan_id(),
@@ -102,6 +117,7 @@ def new_session(body: ScanCreate) -> ScanSession:
         geometry=geometry,
         policy=body.policy,
         encoding=encoding,
+        fallback_pattern=fallback_pattern,
         created_unix_ms=now,
         updated_unix_ms=now,
     )
@@ -113,6 +129,7 @@ def new_session(body: ScanCreate) -> ScanSession:
         acquired=tuple(int(c) for c in acs_columns(session)),
         round=0,
         deadline_unix_ms=now,
+        fallback_pattern=fallback_pattern,
     )
     fallback_plan(probe, "probe")
     return session

@@ -5,7 +5,8 @@ gateway sends the sampler a :class:`PlanRequest` with the absolute deadline and 
 remaining time minus a safety margin; whatever goes wrong (late, refused, an error status, a plan that
 breaks the budget or drops acquired lines) the answer becomes the fallback mask computed here, marked
 ``degraded`` with the reason. The fallback is deterministic (``default_rng(policy.seed)``, the same rule
-as the sampler's fixed policies), so every replica that computes it agrees.
+as the sampler's fixed policies; a fixed-mask bundle's line order stored in the session), so every
+replica that computes it agrees.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
+from kadapt.gateway.domain.fallbacks import FallbackPattern
 from kadapt.masks import get_family, line_budget, make_mask
 from kadapt.schemas import PlanRequest, PlanResponse, ScanGeometry, ScanPolicy
 from kadapt.schemas.plan_binary import PLAN_BINARY_MEDIA_TYPE, encode_plan_body
@@ -88,6 +90,7 @@ class PlanContext:
     round: int
     deadline_unix_ms: float
     acs_npy: bytes | None = None  # the scan's ACS block as ``.npy`` bytes (centre slice), for model policies
+    fallback_pattern: FallbackPattern | None = None  # a fixed-mask bundle fallback (the session's)
 
     def request(self, *, inline_acs: bool = True) -> PlanRequest:
         """The wire request; ``inline_acs=False`` leaves ``acs_npy_b64`` out (binary transport)."""
@@ -139,14 +142,30 @@ def _complete_lines(
 def fallback_plan(context: PlanContext, reason: str, *, elapsed_ms: float = 0.0) -> PlanResponse:
     """The policy's fallback mask as a final, degraded plan.
 
-    In round 0 (``acquired`` = the ACS block, which every mask family keeps) this is the family's mask
-    itself; in later rounds the lines already acquired are kept and the mask's remaining lines nearest the
-    centre fill the budget. Dynamic (``kt``) families give one line set per frame in ``frame_lines``;
-    ``lines`` is then frame 0's (as the sampler's dynamic policies answer).
+    A mask family: in round 0 (``acquired`` = the ACS block, which every mask family keeps) this is the
+    family's mask itself; in later rounds the lines already acquired are kept and the mask's remaining
+    lines nearest the centre fill the budget. Dynamic (``kt``) families give one line set per frame in
+    ``frame_lines``; ``lines`` is then frame 0's (as the sampler's dynamic policies answer).
+
+    A fixed-mask bundle (``context.fallback_pattern``, resolved when the scan was created): the acquired
+    lines plus the bundle's best-scored other lines, i.e. in round 0 exactly the plan the sampler serves
+    for that bundle at R, later the sampler's rule for it too; ``served_by`` is its ``name/version``.
     """
     policy, geometry = context.policy, context.geometry
-    family = get_family(policy.fallback)
     budget = line_budget(geometry.width, policy.acceleration, policy.num_acs)
+    if context.fallback_pattern is not None:
+        return PlanResponse(
+            scan_id=context.scan_id,
+            policy=policy.sampler,
+            lines=context.fallback_pattern.lines(context.acquired, budget),
+            round=context.round,
+            final=True,
+            degraded=True,
+            reason=reason,
+            served_by=context.fallback_pattern.ref,
+            elapsed_ms=elapsed_ms,
+        )
+    family = get_family(policy.fallback)
     rng = fallback_rng(policy)
     frame_lines: tuple[tuple[int, ...], ...] | None = None
     if family.dims == "kt":

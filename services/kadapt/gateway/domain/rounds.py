@@ -85,6 +85,7 @@ class PlanRounds:
             round=session.plan_round,
             deadline_unix_ms=session.plan_deadline_unix_ms or now_unix_ms(),
             acs_npy=acs_npy,
+            fallback_pattern=session.fallback_pattern,
         )
 
     def start(self, session: ScanSession) -> None:

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from kadapt.errors import DuplicateLineError, InvalidStateError, KadaptError, ServiceUnavailableError
 from kadapt.gateway.domain import completion, creation
+from kadapt.gateway.domain.fallbacks import FallbackBundles
 from kadapt.gateway.domain.images import DicomOptions, describe_series, encode_images, encode_npy
 from kadapt.gateway.domain.ingest import ParsedRequest, parse_request, prepare_lines, route_lines
 from kadapt.gateway.domain.kspace_files import KspaceFiles
@@ -55,8 +56,11 @@ class ScanService:
         kspace_files: KspaceFiles,
         blobs: BlobStore,
         offload_bytes: int = 256 * 1024,
+        fallback_bundles: FallbackBundles | None = None,
     ) -> None:
         self.store = store
+        # The fixed-mask bundles a scan's fallback may name (None: mask families only).
+        self.fallback_bundles = fallback_bundles
         self.queue = queue
         self.planner = planner
         self.kspace_files = kspace_files
@@ -105,7 +109,7 @@ class ScanService:
 
     async def create_scan(self, body: ScanCreate) -> ScanPublic:
         """Parse the header, check the policy against it, create the session and its k-space file."""
-        session = creation.new_session(body)
+        session = creation.new_session(body, self.fallback_bundles)
         self.kspace_files.check_size(session.geometry)
         self.kspace_files.create(session.scan_id, session.geometry)
         try:

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from kadapt.errors import InvalidStateError
+from kadapt.gateway.domain.fallbacks import FallbackPattern
 from kadapt.schemas import PlanResponse, ReconJob, ScanGeometry, ScanPolicy, ScanPublic, ScanState
 
 S = ScanState
@@ -80,6 +81,9 @@ class ScanSession(BaseModel):
     geometry: ScanGeometry
     policy: ScanPolicy
     encoding: Encoding
+    # ``policy.fallback`` resolved at creation when it names a fixed-mask bundle (None: a mask family):
+    # kept here so every replica serves it without the model repository, even after the bundle is gone.
+    fallback_pattern: FallbackPattern | None = None
     plan: PlanResponse | None = None
     plan_round: int = 0
     plan_deadline_unix_ms: float | None = None

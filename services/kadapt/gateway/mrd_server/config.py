@@ -12,7 +12,7 @@ FIRE and Gadgetron clients name a server-side pipeline in their first message. k
 
 Keys (aliases after the slash): ``policy`` / ``sampler`` (sampler policy or bundle), ``R`` /
 ``acceleration`` (float > 1), ``acs`` / ``num_acs`` (int), ``recon`` (method or bundle), ``deadline_ms``
-/ ``plan_deadline_ms`` (float), ``fallback`` (1d / kt mask family), ``seed`` (int), ``mode``
+/ ``plan_deadline_ms`` (float), ``fallback`` (mask family or fixed-mask bundle), ``seed`` (int), ``mode``
 (``retrospective`` | ``prospective``), ``feedback`` (``on`` | ``off`` | ``auto``: send the 1028
 ``kadapt_plan`` message; auto = prospective only), ``series`` (``image_series_index`` of the images
 sent back), ``dicom`` (``on``: also write the images as a DICOM series under the gateway's
