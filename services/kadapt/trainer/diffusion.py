@@ -32,7 +32,7 @@ from torch import Tensor
 from kadapt.errors import InvalidInputError
 from kadapt.nn.score import EDMDenoiser, ScoreNetConfig, edm_loss
 from kadapt.trainer.diffusion_data import DiffusionSlice, stack_images, stack_measurement_inputs
-from kadapt.trainer.diffusion_dps import DPSConfig, dps_sample
+from kadapt.trainer.diffusion_dps import dps_sample
 from kadapt.trainer.diffusion_pattern import BernoulliPattern, PatternKind, measure, posterior_mean
 
 __all__ = [
@@ -197,15 +197,5 @@ def learn_diffusion_pattern(
     return pattern.scores()
 
 
-def dps_recon(
-    denoiser: EDMDenoiser,
-    masked_kspace: Tensor,
-    mask: Tensor,
-    sens: Tensor,
-    generator: torch.Generator,
-    config: DPSConfig | None = None,
-) -> Tensor:
-    """DPS reconstruction (seed 003 Alg. 1) of ``masked_kspace (B, C, H, W, 2)`` under ``mask`` ``(B or 1, 1,
-    1 or H, W, 1)`` with maps ``sens (B, C, H, W, 2)`` -> complex image ``(B, H, W, 2)`` on ``y``'s scale.
-    Defaults: 100 steps, ``rho = 10``, ``S_churn = 0``."""
-    return dps_sample(denoiser, masked_kspace, mask, sens, generator, config)
+# DPS reconstruction (seed 003 Alg. 1): the evaluation entry point, defaults 100 steps, rho = 10.
+dps_recon = dps_sample

@@ -22,6 +22,7 @@ __all__ = [
     "MASK_FILE",
     "centre_tiebreak",
     "fixed_mask_scores",
+    "mismatched_axes",
     "served_fixed_order",
     "served_fixed_plan",
 ]
@@ -97,3 +98,13 @@ def fixed_mask_scores(bundle: Bundle) -> FloatArray:
     if not np.all(np.isfinite(scores)):
         raise BundleError(f"bundle {manifest.ref}: {MASK_FILE} holds NaN or Inf scores")
     return scores
+
+
+def mismatched_axes(wanted: dict[str, int | None], given: dict[str, int]) -> list[str]:
+    """``"W=64 (bundle: 128)"`` for every axis whose bundle value is fixed (not None) and differs from the
+    scan's: the detail of a bundle's :class:`~kadapt.errors.GeometryMismatchError`."""
+    return [
+        f"{axis}={given[axis]} (bundle: {wanted[axis]})"
+        for axis in wanted
+        if wanted[axis] is not None and given[axis] != wanted[axis]
+    ]

@@ -38,6 +38,7 @@ from kadapt.bundles.fixed_masks import (
     ACCELERATION_RTOL,
     centre_tiebreak,
     fixed_mask_scores,
+    mismatched_axes,
     served_fixed_order,
     served_fixed_plan,
 )
@@ -184,11 +185,7 @@ class SamplerMasks:
         given = {"W": width, "H": height, "coils": coils}
         if self.kind == "mnet":
             wanted["num_acs"], given["num_acs"] = self.num_acs, num_acs
-        wrong = [
-            f"{axis}={given[axis]} (bundle: {wanted[axis]})"
-            for axis in wanted
-            if wanted[axis] is not None and given[axis] != wanted[axis]
-        ]
+        wrong = mismatched_axes(wanted, given)
         if wrong:
             raise GeometryMismatchError(
                 f"sampler bundle {self.ref} does not serve this scan: {', '.join(wrong)}"

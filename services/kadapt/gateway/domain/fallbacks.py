@@ -25,7 +25,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from kadapt.bundles import MANIFEST_FILENAME, Manifest, load_bundle, natural_version_key, read_manifest
-from kadapt.bundles.fixed_masks import ACCELERATION_RTOL, fixed_mask_scores, served_fixed_order
+from kadapt.bundles.fixed_masks import (
+    ACCELERATION_RTOL,
+    fixed_mask_scores,
+    mismatched_axes,
+    served_fixed_order,
+)
 from kadapt.errors import (
     BundleKindError,
     BundleNotFoundError,
@@ -155,11 +160,7 @@ def check_bundle_fits(bundle: FixedMaskBundle, policy: ScanPolicy, geometry: Sca
     accepted = manifest.geometry
     wanted = {"W": accepted.ky, "H": accepted.kx, "coils": accepted.coils, "frames": accepted.frames}
     given = {"W": geometry.width, "H": geometry.height, "coils": geometry.coils, "frames": geometry.frames}
-    wrong = [
-        f"{axis}={given[axis]} (bundle: {wanted[axis]})"
-        for axis in wanted
-        if wanted[axis] is not None and given[axis] != wanted[axis]
-    ]
+    wrong = mismatched_axes(wanted, given)
     if wrong:
         raise GeometryMismatchError(
             f"fallback bundle {manifest.ref} does not fit this scan: {', '.join(wrong)}",
