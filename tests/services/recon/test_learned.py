@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,23 @@ async def test_auto_picks_the_best_bundle_accepting_the_scan(tmp_path: Path, bun
     for method in ("auto", "learned"):
         result, *_ = await run_job(tmp_path / method, repository, method)
         assert (result.method_used, result.fallback_reason) == ("unet-tiny/2", None)
+
+
+async def test_auto_ranks_the_trainers_per_mask_validation_by_mean_ssim(
+    tmp_path: Path, bundles: Bundles
+) -> None:
+    # The trainer writes {"<mask>/R<R>": {psnr, ssim, nmse}}; the mean SSIM ranks, not the newest created.
+    repository = tmp_path / "models"
+    template = Manifest.model_validate_json(
+        (bundles.repository / "unet-tiny" / "1" / "manifest.json").read_text()
+    )
+    mixed = {"vd-random/R4": {"psnr": 30.0, "ssim": 0.84}, "mnet/R4": {"psnr": 31.0, "ssim": 0.86}}
+    specialised = {"vd-random/R4": {"psnr": 30.5, "ssim": 0.845}, "onnx_max_relative_l2": 1e-6}
+    add_bundle(repository, bundles.onnx, template, "mixed", "1", validation=mixed)
+    later = template.model_copy(update={"created": template.created + timedelta(hours=1)})
+    add_bundle(repository, bundles.onnx, later, "specialised", "1", validation=specialised)
+    result, *_ = await run_job(tmp_path / "auto", repository, "learned")
+    assert (result.method_used, result.fallback_reason) == ("mixed/1", None)
 
 
 @pytest.mark.parametrize(

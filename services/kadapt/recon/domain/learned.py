@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import onnxruntime
@@ -93,14 +93,21 @@ class LearnedModel:
         return rejection(self.manifest, shape)
 
     def ssim(self) -> float | None:
-        """The validation SSIM the manifest records (``validation.ssim`` or ``validation.metrics.ssim``)."""
+        """The validation SSIM the manifest records: ``validation.ssim`` or ``validation.metrics.ssim``,
+        else the mean ``ssim`` of the trainer's per-(mask, R) entries (``validation["vd-random/R4"]``...,
+        docs/trainer.md)."""
         validation = self.manifest.validation
         metrics = validation.get("metrics")
         candidates = [validation.get("ssim"), metrics.get("ssim") if isinstance(metrics, dict) else None]
         for value in candidates:
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if _is_number(value):
                 return float(value)
-        return None
+        per_mask = [
+            float(value)
+            for entry in validation.values()
+            if isinstance(entry, dict) and _is_number(value := entry.get("ssim"))
+        ]
+        return sum(per_mask) / len(per_mask) if per_mask else None
 
     def infer_slice(
         self, kspace: NDArray[np.complex64], mask: NDArray[np.bool_], num_acs: int
@@ -255,3 +262,7 @@ def load_learned(
             f"{', '.join(onnxruntime.get_available_providers())}); strict_providers is set"
         )
     return catalogue
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
