@@ -218,6 +218,7 @@ def _services(scrapes: dict[str, ServiceScrape], deadline_s: float) -> dict[str,
                 gateway, "kadapt_gateway_http_request_seconds", "status"
             ),
             "http_request_ms": histogram_summary(gateway, "kadapt_gateway_http_request_seconds"),
+            "event_loop_lag_ms": histogram_summary(gateway, "kadapt_gateway_event_loop_lag_seconds"),
         },
         "sampler": {
             "plans_by_outcome": counter_by(sampler, "kadapt_sampler_plans", "outcome"),
@@ -225,6 +226,7 @@ def _services(scrapes: dict[str, ServiceScrape], deadline_s: float) -> dict[str,
             "deadline_exceeded_by_stage": counter_by(sampler, "kadapt_sampler_deadline_exceeded", "stage"),
             "plan_ms": histogram_summary(sampler, "kadapt_sampler_plan_seconds", threshold=deadline_s),
             "queue_wait_ms": histogram_summary(sampler, "kadapt_sampler_queue_wait_seconds"),
+            "event_loop_lag_ms": histogram_summary(sampler, "kadapt_sampler_event_loop_lag_seconds"),
         },
         "recon": {
             "jobs_by_status": counter_by(recon, "kadapt_recon_jobs", "status"),

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from kadapt.gateway.api.auth import install_auth
 from kadapt.gateway.api.limits import BodySizeLimit
@@ -30,6 +30,7 @@ from kadapt.gateway.domain.store import MemorySessionStore, RedisSessionStore, S
 from kadapt.gateway.mrd_server import MrdServer
 from kadapt.gateway.settings import GatewaySettings
 from kadapt.jobs import BlobStore, JobQueue, MemoryJobQueue, RedisJobQueue
+from kadapt.loop_lag import LOOP_LAG_BUCKETS, watch_loop_lag
 
 API_VERSION = "1.0.0"
 
@@ -60,6 +61,12 @@ def create_app(
     settings.scans_dir.mkdir(parents=True, exist_ok=True)
     settings.blobs_dir.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
+    loop_lag = Histogram(
+        "kadapt_gateway_event_loop_lag_seconds",
+        "How late the event loop woke from a 50 ms sleep (blocking work, a wait for a core, the GIL)",
+        registry=registry,
+        buckets=LOOP_LAG_BUCKETS,
+    )
     planner = Planner(
         sampler_client,
         sampler_url=settings.sampler_url,
@@ -82,12 +89,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(watch_loop_lag(loop_lag.observe))
         try:
             await asyncio.to_thread(service.trash.empty)  # what a previous process left behind
             if mrd_server is not None:
                 await mrd_server.start()
             yield
         finally:
+            watcher.cancel()
             if mrd_server is not None:
                 await mrd_server.close()
             await service.close()

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kadapt.errors import KadaptError
+from kadapt.loop_lag import LOOP_LAG_BUCKETS, watch_loop_lag
 from kadapt.sampler.api.auth import install_auth
 from kadapt.sampler.api.problems import install_problem_handlers
 from kadapt.sampler.api.routes import SamplerState, router
@@ -95,6 +96,13 @@ class PrometheusObserver:
             ["model", "version", "provider"],
             namespace=prefix,
             registry=registry,
+        )
+        self.loop_lag_seconds = Histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop woke from a 50 ms sleep (blocking work, a wait for a core, the GIL)",
+            namespace=prefix,
+            registry=registry,
+            buckets=LOOP_LAG_BUCKETS,
         )
         for stage in DEADLINE_STAGES:
             self.deadline_exceeded.labels(stage=stage)
@@ -180,9 +188,13 @@ def create_app(settings: SamplerSettings, *, registry: PolicyRegistry | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await start_planner(state, observer, registry)
-        yield
-        observer.ready.set(0.0)
+        watcher = asyncio.create_task(watch_loop_lag(observer.loop_lag_seconds.observe))
+        try:
+            await start_planner(state, observer, registry)
+            yield
+        finally:
+            observer.ready.set(0.0)
+            watcher.cancel()
 
     app = FastAPI(
         title="kadapt sampler",
