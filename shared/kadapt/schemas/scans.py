@@ -29,10 +29,11 @@ class ScanPolicy(WireModel):
 
     ``acceleration`` is R = total_lines / acquired_lines including the ``num_acs`` ACS block; the plan has
     exactly ``round(W / R)`` lines. ``plan_deadline_ms`` is the time the sequence can wait for a plan,
-    counted from the moment the gateway asks. ``fallback`` is the fixed policy served (marked degraded)
-    when the sampler is late, missing or failing: a 1d / kt mask family, or a ``fixed-mask`` bundle of the
-    gateway's model repository (``name`` = latest version, or ``name/version``), resolved when the scan
-    is created and kept with it.
+    counted from the arrival of the request that completes the ACS block (docs/api.md, "Planning,
+    deadline and fallback"). ``fallback`` is the fixed policy served (marked degraded) when the sampler
+    is late, missing or failing: a 1d / kt mask family, or a ``fixed-mask`` bundle of the gateway's model
+    repository (``name`` = latest version, or ``name/version``), resolved when the scan is created and
+    kept with it.
     """
 
     sampler: ModelName = Field(default="vd-random", description="sampler policy (mask family or bundle name)")

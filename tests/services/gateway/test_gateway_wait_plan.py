@@ -4,8 +4,14 @@ slow; other requests do not wait; without the flag the report carries no plan.""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
+from kadapt.gateway.domain import scans
+from kadapt.gateway.domain.ingest import ParsedRequest, parse_request
+from kadapt.gateway.domain.session import ScanSession
 from kadapt.schemas import IngestReport, PlanResponse
 
 if TYPE_CHECKING:
@@ -115,3 +121,30 @@ async def test_a_retrospective_upload_in_one_request_gets_its_plan(
     assert report.plan is not None
     assert report.plan == await get_plan(gateway, scan_id)
     assert (report.accepted, report.staged, report.skipped_unplanned) == (8, 0, 24)
+
+
+async def test_the_deadline_counts_from_the_arrival_of_the_acs_completing_request(
+    make_gateway: GatewayFactory, scanner: Scanner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parsing the request is made slow (300 ms); the sampler never answers in time. The fallback must
+    # still reach the scanner about one deadline after it sent the request, not one deadline after the
+    # gateway finished storing it.
+    def slow_parse(payload: bytes, session: ScanSession) -> ParsedRequest:
+        time.sleep(0.3)
+        return parse_request(payload, session)
+
+    monkeypatch.setattr(scans, "parse_request", slow_parse)
+    async with make_gateway(delay_s=5.0) as gateway:
+        scan_id = await gateway.create_scan(scanner, plan_deadline_ms=400.0)
+        sent = time.time() * 1000.0
+        report = await send_waiting(
+            gateway, scan_id, scanner.readouts(scanner.lines_for(scanner.acs_columns(4)))
+        )
+        answered = time.time() * 1000.0
+        assert report.plan is not None
+        assert report.plan.degraded
+        session = await gateway.app.state.service.store.get(scan_id)
+        assert session.plan_deadline_unix_ms is not None
+        # Anchored at arrival: within the deadline of the send, not 300 ms (the slow parse) later.
+        assert sent <= session.plan_deadline_unix_ms - 400.0 < sent + 150.0
+        assert answered - sent < 400.0 + 150.0

@@ -73,6 +73,8 @@ class RequestContext:
         context = {"request_id": request_id, **({"scan_id": match.group(1)} if match else {})}
         status = 500
         started = time.perf_counter()
+        # When the request reached the app: the scan's plan deadline counts from here (ScanService.ingest).
+        scope.setdefault("state", {})["received_unix_ms"] = time.time() * 1000.0
 
         async def send_with_id(message: Message) -> None:
             nonlocal status

@@ -167,7 +167,10 @@ async def ingest_acquisitions(
         raise UnsupportedMediaTypeError(
             f"content-type {media_type or '(none)'!r}; send {' or '.join(INGEST_MEDIA_TYPES)}"
         )
-    return await service_of(request).ingest(scan_id, await request.body(), wait_plan=wait_plan)
+    received_unix_ms = getattr(request.state, "received_unix_ms", None)
+    return await service_of(request).ingest(
+        scan_id, await request.body(), wait_plan=wait_plan, received_unix_ms=received_unix_ms
+    )
 
 
 @router.get(

@@ -146,19 +146,30 @@ class ScanService:
 
     # --- ingest --------------------------------------------------------------------------------------
 
-    async def ingest(self, scan_id: str, payload: bytes, *, wait_plan: bool = False) -> IngestReport:
+    async def ingest(
+        self,
+        scan_id: str,
+        payload: bytes,
+        *,
+        wait_plan: bool = False,
+        received_unix_ms: float | None = None,
+    ) -> IngestReport:
         """Validate and store one request of MRD messages (all or nothing); see ``docs/api.md``.
 
         ``wait_plan``: when the scan is planning after this request (it completed the ACS block or a
         round's lines), wait for the plan through :meth:`PlanRounds.current` (the deadline and fallback of
         ``GET .../plan``) and return it in the report, saving the scanner that round trip.
+        ``received_unix_ms``: when the request arrived (default: now). The plan deadline of a request
+        that completes the ACS block counts from its arrival, not from when its lines were stored, so
+        the time spent ingesting it is inside the scanner's wait budget rather than added to it.
         """
+        received = received_unix_ms if received_unix_ms is not None else now_unix_ms()
         session = await self.store.get(scan_id)
         session.require_state(INGEST_STATES, "ingesting acquisitions")
         big = len(payload) > self.offload_bytes
         parsed = await self._run(big, parse_request, payload, session)
         async with self._lock(scan_id):
-            session, counts, staged_keys = await self._store_request(session.scan_id, parsed, big)
+            session, counts, staged_keys = await self._store_request(session.scan_id, parsed, big, received)
         if session.policy.retrospective and staged_keys.size:
             if session.state == ScanState.planning:
                 await self.rounds.current(scan_id)  # bounded by the plan deadline
@@ -190,7 +201,7 @@ class ScanService:
         )
 
     async def _store_request(
-        self, scan_id: str, parsed: ParsedRequest, big: bool
+        self, scan_id: str, parsed: ParsedRequest, big: bool, received_unix_ms: float
     ) -> tuple[ScanSession, dict[str, int], NDArray[np.int64]]:
         session = await self.store.get(scan_id)
         session.require_state(INGEST_STATES, "ingesting acquisitions")
@@ -264,7 +275,7 @@ class ScanService:
                 current.transition(ScanState.calibrating)
             if acs_done and current.state == ScanState.calibrating:
                 current.transition(ScanState.planning)
-                current.plan_deadline_unix_ms = now_unix_ms() + current.policy.plan_deadline_ms
+                current.plan_deadline_unix_ms = received_unix_ms + current.policy.plan_deadline_ms
                 return True
             return False
 
