@@ -241,3 +241,67 @@ def bench_sampling_command(
     _run_scored_bench(
         "bench sampling", lambda step: run_sampling_benchmark(settings, progress=step), sampling_table, out
     )
+
+
+@bench_app.command("tasks", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench_tasks_command(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Option(help="task dataset (kadapt data build --task both); test split scored")
+    ],
+    out: Annotated[Path, typer.Option(help="JSON result file")],
+    patterns: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="IGS / diffusion bundles REPO/NAME/VERSION from learn-pattern (default: learn them)"
+        ),
+    ] = None,
+    points: Annotated[
+        Path | None, typer.Option(help="diffusion 2D point scores (RUNS/point-scores.npy)")
+    ] = None,
+    loupe: Annotated[
+        Path, typer.Option(help="LOUPE bundle (skipped when absent or its geometry differs)")
+    ] = Path("models/loupe/1"),
+    recon: Annotated[
+        Path, typer.Option(help="learned recon bundle (skipped where it refuses the scan)")
+    ] = Path("models/modl/2"),
+    accelerations: Annotated[
+        list[float] | None, typer.Option("--R", help="accelerations (default 4 8 16)")
+    ] = None,
+    num_acs: Annotated[
+        int | None, typer.Option(help="ACS lines of the line patterns (default W // 32)")
+    ] = None,
+    dps_slices: Annotated[int, typer.Option(min=1, help="DPS slices per test volume (quick 1)")] = 2,
+    dps_steps: Annotated[int, typer.Option(min=2, help="DPS sampler steps (quick 3)")] = 100,
+    quick: Annotated[
+        bool, typer.Option(help="CI-sized: quick patterns, 2 volumes x 2 slices, 3 DPS steps")
+    ] = False,
+    threads: Annotated[int | None, typer.Option(help="threads (default: all cores)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the baseline masks, DPS noise and learned patterns")] = 0,
+) -> None:
+    """IGS patterns per task, the diffusion pattern, LOUPE, centre and equispaced on the test split: Dice, F1,
+    zero-filled and learned-recon SSIM / PSNR / NMSE, DPS at the score network's size; per-volume values and
+    paired intervals vs centre and equispaced."""
+    from kadapt.trainer.bench_tasks import DEFAULT_ACCELERATIONS, TaskBenchSettings, run_tasks_benchmark
+    from kadapt.trainer.bench_tasks_report import tasks_table
+
+    extra_rates, extra_patterns = _split_extra(ctx.args)
+    if (extra_rates and not accelerations) or (extra_patterns and not patterns):
+        raise fail(ValueError(f"unexpected arguments {ctx.args}: only --R and --patterns take more values"))
+    settings = TaskBenchSettings(
+        data=data,
+        patterns=tuple(patterns or ()) + tuple(extra_patterns),
+        points=points,
+        loupe=loupe,
+        recon=recon,
+        accelerations=tuple(accelerations or ()) + tuple(extra_rates) or DEFAULT_ACCELERATIONS,
+        num_acs=num_acs,
+        quick=quick,
+        seed=seed,
+        dps_slices=dps_slices,
+        dps_steps=dps_steps,
+        threads=threads,
+    )
+    _run_scored_bench(
+        "bench tasks", lambda step: run_tasks_benchmark(settings, out, progress=step), tasks_table, out
+    )

@@ -1,4 +1,4 @@
-"""``kadapt``: data, serve, up, replay, demo, bench, train, jobs.
+"""``kadapt``: data, serve, up, replay, demo, bench, train, learn-pattern, jobs.
 
 Every command maps bad input to a message that names the bad value and a non-zero exit status.
 """
@@ -18,6 +18,7 @@ from kadapt.cli.auth import auth_app
 from kadapt.cli.bench import bench_app
 from kadapt.cli.common import console, fail, progress_bar
 from kadapt.cli.jobs import jobs_app
+from kadapt.cli.learn import learn_app
 from kadapt.cli.train import train_app
 from kadapt.errors import KadaptError
 
@@ -257,6 +258,7 @@ def demo(
 
 
 app.add_typer(train_app, name="train")
+app.add_typer(learn_app, name="learn-pattern")
 app.add_typer(auth_app, name="auth")
 app.add_typer(jobs_app, name="jobs")
 
