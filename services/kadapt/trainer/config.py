@@ -25,7 +25,7 @@ from torch import nn
 
 from kadapt.bundles.manifest import BUNDLE_NAME_PATTERN, BUNDLE_VERSION_PATTERN
 from kadapt.errors import InvalidAccelerationError, InvalidInputError, NotFoundError
-from kadapt.masks import get_family
+from kadapt.masks import get_family, mask_families
 from kadapt.nn.losses import DualDomainLoss
 from kadapt.nn.modl import MoDL
 from kadapt.nn.smp import SensitivityMapPredictor, SensitivityRefinedRecon
@@ -167,6 +167,23 @@ def check_bundle_out(out: Path) -> None:
         raise InvalidInputError(
             f"--out {out} must be REPOSITORY/NAME/VERSION with a lowercase NAME ({BUNDLE_NAME_PATTERN}) and "
             f"a VERSION matching {BUNDLE_VERSION_PATTERN}; got name {name!r}, version {version!r}"
+        )
+
+
+def check_pattern_args(accelerations: tuple[float, ...], num_acs: int | None, out: Path) -> None:
+    """The arguments every ``kadapt learn-pattern`` method shares: ``--R`` (each > 1), ``--num-acs``
+    (>= 1 when given) and ``--out`` (REPO/NAME/VERSION, new, and not named like a mask family: the
+    sampler would serve the family instead). :class:`InvalidInputError` naming the value."""
+    if not accelerations or any(not r > 1.0 for r in accelerations):
+        raise InvalidInputError(f"--R needs accelerations > 1, got {list(accelerations)}")
+    if num_acs is not None and num_acs < 1:
+        raise InvalidInputError(f"--num-acs {num_acs} must be >= 1")
+    check_bundle_out(out)
+    if out.exists():
+        raise InvalidInputError(f"--out {out} exists; bundle versions are immutable, pick a new VERSION")
+    if out.parent.name in mask_families():
+        raise InvalidInputError(
+            f"--out name {out.parent.name!r} is a mask family's; the sampler would refuse it"
         )
 
 

@@ -42,10 +42,10 @@ from kadapt.data.build import code_version
 from kadapt.errors import InvalidInputError, NotFoundError
 from kadapt.kspace.coils import sense_combine
 from kadapt.kspace.fft import ifft2c
-from kadapt.masks import make_mask, mask_families
+from kadapt.masks import make_mask
 from kadapt.metrics import evaluate_volume
 from kadapt.nn.score import EDMDenoiser, ScoreNetConfig, load_denoiser, save_denoiser
-from kadapt.trainer.config import check_bundle_out
+from kadapt.trainer.config import check_pattern_args
 from kadapt.trainer.diffusion import PatternConfig, ScoreTrainConfig, pattern_step, train_score
 from kadapt.trainer.diffusion_data import DiffusionSlice, load_diffusion_slices, stack_images
 from kadapt.trainer.diffusion_pattern import BernoulliPattern, PatternKind, served_pattern
@@ -110,19 +110,7 @@ class DiffusionRunSettings:
             raise InvalidInputError(f"--dim {self.dim!r} must be one of {', '.join(DIMS)}")
         if self.size < 8 or self.size % 4:
             raise InvalidInputError(f"--size {self.size} must be a multiple of 4, at least 8")
-        if not self.accelerations or any(not r > 1.0 for r in self.accelerations):
-            raise InvalidInputError(f"--R needs accelerations > 1, got {list(self.accelerations)}")
-        if self.num_acs is not None and self.num_acs < 1:
-            raise InvalidInputError(f"--num-acs {self.num_acs} must be >= 1")
-        check_bundle_out(self.out)
-        if self.out.exists():
-            raise InvalidInputError(
-                f"--out {self.out} exists; bundle versions are immutable, pick a new VERSION"
-            )
-        if self.out.parent.name in mask_families():
-            raise InvalidInputError(
-                f"--out name {self.out.parent.name!r} is a mask family's; the sampler would refuse it"
-            )
+        check_pattern_args(self.accelerations, self.num_acs, self.out)
         if self.score is not None and not self.score.is_file():
             raise NotFoundError(f"--score {self.score}: no such file")
 

@@ -36,8 +36,8 @@ from kadapt.data.build import code_version
 from kadapt.data.manifest import Split
 from kadapt.data.tasks import TaskSplit, load_task_split
 from kadapt.errors import GeometryMismatchError, InvalidInputError, NotFoundError
-from kadapt.masks import line_budget, mask_families
-from kadapt.trainer.config import check_bundle_out
+from kadapt.masks import line_budget
+from kadapt.trainer.config import check_pattern_args
 from kadapt.trainer.igs import (
     TASK_OF_LOSS,
     LearnedRecon,
@@ -117,21 +117,9 @@ class IgsRunSettings:
             raise InvalidInputError(
                 f"--loss {self.loss!r} is a {TASK_OF_LOSS[self.loss]} loss, not one for --task {self.task!r}"
             )
-        if not self.accelerations or any(not r > 1.0 for r in self.accelerations):
-            raise InvalidInputError(f"--R needs accelerations > 1, got {list(self.accelerations)}")
-        if self.num_acs is not None and self.num_acs < 1:
-            raise InvalidInputError(f"--num-acs {self.num_acs} must be >= 1")
         if self.task_model is not None and self.task == "reconstruction":
             raise InvalidInputError(f"--task-model {self.task_model}: the reconstruction task uses none")
-        check_bundle_out(self.out)
-        if self.out.exists():
-            raise InvalidInputError(
-                f"--out {self.out} exists; bundle versions are immutable, pick a new VERSION"
-            )
-        if self.out.parent.name in mask_families():
-            raise InvalidInputError(
-                f"--out name {self.out.parent.name!r} is a mask family's; the sampler would refuse it"
-            )
+        check_pattern_args(self.accelerations, self.num_acs, self.out)
 
     @property
     def runs_dir(self) -> Path:
