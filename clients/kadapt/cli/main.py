@@ -23,6 +23,7 @@ from kadapt.cli.train import train_app
 from kadapt.errors import KadaptError
 
 if TYPE_CHECKING:
+    from kadapt.data.manifest import DatasetManifest
     from kadapt.replay.run import ReplaySettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kadapt: adaptive MRI acquisition server.")
@@ -35,19 +36,38 @@ SERVICE_NAMES = ("gateway", "sampler", "recon")
 @data_app.command("build")
 def data_build(
     out: Annotated[Path, typer.Option(help="output directory")],
-    n_volumes: Annotated[int, typer.Option("--n-volumes", help="volumes (at least 3: one per split)")] = 16,
-    size: Annotated[int, typer.Option(help="matrix size H = W")] = 128,
-    coils: Annotated[int, typer.Option(help="receive coils")] = 8,
+    n_volumes: Annotated[
+        int | None, typer.Option("--n-volumes", help="volumes, at least 3 (default 16; cine 18)")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="matrix size H = W (default 128; cine 96)")] = None,
+    coils: Annotated[int | None, typer.Option(help="receive coils (default 8)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the simulator (deterministic)")] = 0,
     force: Annotated[bool, typer.Option(help="overwrite an existing dataset in OUT")] = False,
     task_kind: Annotated[
         str | None,
         typer.Option("--task", help="task data: segmentation | classification | both (labelled brains)"),
     ] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="cine data: cardiac frames per slice (docs/data.md, 'Cine data')")
+    ] = None,
+    slices: Annotated[int | None, typer.Option(help="slices per volume (default 8; cine 4)")] = None,
+    num_acs: Annotated[
+        int | None, typer.Option(help="ACS lines flagged in MRD files (cine 4, else max(8, size // 8))")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="cine: a tiny set for tests (3 volumes x 2 slices, 32 x 32, 2 coils)")
+    ] = False,
 ) -> None:
-    """Simulate multi-coil volumes from packaged anatomy; fastMRI HDF5 + MRD HDF5 + manifest.json."""
+    """Simulate multi-coil volumes from packaged anatomy; fastMRI HDF5 + MRD HDF5 + manifest.json.
+
+    With --frames T: cine volumes (slices, frames, coils, H, W) with cardiac-like motion.
+    """
     from kadapt.data.build import build_dataset
 
+    if frames is None and quick:
+        raise fail(ValueError("--quick builds a tiny cine set; pass --frames T with it"))
+    if frames is not None and task_kind is not None:
+        raise fail(ValueError("--task and --frames do not combine: task data is static"))
     started = time.perf_counter()
     try:
         with progress_bar() as progress:
@@ -56,16 +76,35 @@ def data_build(
             def advance(done: int, total: int, *_: object) -> None:
                 progress.update(task, completed=done, total=total)
 
-            manifest = build_dataset(
-                out,
-                n_volumes=n_volumes,
-                size=size,
-                coils=coils,
-                seed=seed,
-                progress=advance,
-                overwrite=force,
-                task=task_kind,
-            )
+            manifest: DatasetManifest
+            if frames is not None:
+                from kadapt.data.cine_build import DEFAULT_CINE_VOLUMES, build_cine_dataset
+
+                manifest = build_cine_dataset(
+                    out,
+                    frames=frames,
+                    n_volumes=n_volumes if n_volumes is not None else (3 if quick else DEFAULT_CINE_VOLUMES),
+                    size=size if size is not None else (32 if quick else 96),
+                    coils=coils if coils is not None else (2 if quick else 8),
+                    slices_per_volume=slices if slices is not None else (2 if quick else 4),
+                    num_acs=4 if num_acs is None else num_acs,
+                    seed=seed,
+                    progress=advance,
+                    overwrite=force,
+                )
+            else:
+                manifest = build_dataset(
+                    out,
+                    n_volumes=n_volumes if n_volumes is not None else 16,
+                    size=size if size is not None else 128,
+                    coils=coils if coils is not None else 8,
+                    slices_per_volume=slices if slices is not None else 8,
+                    num_acs=num_acs,
+                    seed=seed,
+                    progress=advance,
+                    overwrite=force,
+                    task=task_kind,
+                )
     except KadaptError as error:
         raise fail(error) from error
     console.print(

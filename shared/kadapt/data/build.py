@@ -159,6 +159,46 @@ def code_version() -> str:
     return f"{version} ({commit})" if commit else version
 
 
+def summarise_sources(
+    used: Sequence[AnatomySource], volumes: Sequence[VolumeRecord], skipped: list[SkippedSource]
+) -> list[SourceRecord]:
+    """The manifest's record of every used source that got a volume; the others are appended to
+    ``skipped`` with the reason."""
+    subject_splits = assign_splits([source.subject for source in used])
+    records: list[SourceRecord] = []
+    for source in used:
+        allotted = sum(1 for v in volumes if v.source == source.name)
+        if not allotted:
+            reason = f"no volume allotted (n_volumes={len(volumes)} over {len(used)} sources)"
+            skipped.append(SkippedSource(name=source.name, reason=reason))
+            continue
+        records.append(
+            SourceRecord(
+                name=source.name,
+                subject=source.subject,
+                package=source.package,
+                description=source.description,
+                licence=source.licence,
+                files=[str(path) for path in source.locate() or []],
+                split=subject_splits[source.subject],
+                volumes=allotted,
+            )
+        )
+    return records
+
+
+def count_splits(volumes: Sequence[VolumeRecord]) -> dict[Split, SplitCount]:
+    """Volumes, slices and subjects per split."""
+    return {
+        split: SplitCount(
+            volumes=sum(1 for v in volumes if v.split == split),
+            slices=sum(v.slices for v in volumes if v.split == split),
+            subjects=sorted({v.subject for v in volumes if v.split == split}),
+        )
+        for split in SPLITS
+    }
+
+
 def _write_volume(
     out: Path,
     planned: PlannedVolume,
@@ -233,7 +273,7 @@ def _write_volume(
     )
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
+def prepare_output(out: Path, overwrite: bool) -> None:
     """Make the split folders; an earlier build (manifest or volume files) is removed only on request."""
     folders = [out / folder for folder in (*SPLITS, "test_mrd")]
     earlier = (out / MANIFEST_NAME).exists() or any(
@@ -298,7 +338,7 @@ def build_dataset(
     used, skipped = select_sources(size, sources)
     plan = plan_volumes(used, n_volumes)
     out = Path(out)
-    _prepare(out, overwrite)
+    prepare_output(out, overwrite)
     settings = SimulationSettings(size=size, coils=coils, slices=slices_per_volume)
     records: dict[int, VolumeRecord] = {}
     label_methods: dict[str, str] = {}
@@ -329,34 +369,7 @@ def build_dataset(
                 progress(len(records), len(plan), records[planned.index])
         del anatomy
     volumes = [records[index] for index in sorted(records)]
-    subject_splits = assign_splits([source.subject for source in used])
-    source_records: list[SourceRecord] = []
-    for source in used:
-        allotted = sum(1 for v in volumes if v.source == source.name)
-        if not allotted:
-            reason = f"no volume allotted (n_volumes={n_volumes} over {len(used)} sources)"
-            skipped.append(SkippedSource(name=source.name, reason=reason))
-            continue
-        source_records.append(
-            SourceRecord(
-                name=source.name,
-                subject=source.subject,
-                package=source.package,
-                description=source.description,
-                licence=source.licence,
-                files=[str(path) for path in source.locate() or []],
-                split=subject_splits[source.subject],
-                volumes=allotted,
-            )
-        )
-    counts = {
-        split: SplitCount(
-            volumes=sum(1 for v in volumes if v.split == split),
-            slices=sum(v.slices for v in volumes if v.split == split),
-            subjects=sorted({v.subject for v in volumes if v.split == split}),
-        )
-        for split in SPLITS
-    }
+    source_records = summarise_sources(used, volumes, skipped)
     manifest = DatasetManifest(
         format_version=1,
         kind="kadapt-simulated",
@@ -369,7 +382,7 @@ def build_dataset(
         sources=source_records,
         skipped_sources=skipped,
         volumes=volumes,
-        counts=counts,
+        counts=count_splits(volumes),
         code_version=code_version(),
     )
     write_manifest(out, manifest)
