@@ -118,7 +118,7 @@ class VSharp2D(nn.Module):
         self.share_denoiser = share_denoiser
         self.normalise = normalise
         self.denoisers = nn.ModuleList(
-            UNet(6, 2, chans=chans, num_pool_layers=num_pool_layers, drop_prob=drop_prob)
+            self._build_denoiser(chans, num_pool_layers, drop_prob)
             for _ in range(1 if share_denoiser else num_steps)
         )
         self.initializer = LagrangeMultiplierInitializer(initializer_channels, initializer_dilations)
@@ -143,6 +143,21 @@ class VSharp2D(nn.Module):
         """Seed 004 eq. 5 loss weights of :meth:`unroll_outputs`, ``10^((j - T) / (T - 1))``, ``j = 1..T``."""
         return unrolled_step_weights(self.num_steps)
 
+    # Hooks: the ADMM loop below is shared with the 2D+t model (kadapt.nn.vsharp_dynamic), which overrides
+    # these to work on (B, T, ...) tensors.
+    def _build_denoiser(self, chans: int, num_pool_layers: int, drop_prob: float) -> nn.Module:
+        return UNet(6, 2, chans=chans, num_pool_layers=num_pool_layers, drop_prob=drop_prob)
+
+    def _zero_filled(self, masked_kspace: Tensor, sens: Tensor, mask: Tensor) -> Tensor:
+        return sense_adjoint(masked_kspace, sens, mask)
+
+    def _data_gradient(self, x: Tensor, measured: Tensor, rhs: Tensor, sens: Tensor, mask: Tensor) -> Tensor:
+        # Gradient of 1/2 ||A x - y||^2; rhs = A^H y (unused here, the 2D+t model uses A^H A x - A^H y).
+        return sense_adjoint(sense_forward(x, sens, mask) - measured, sens, mask)
+
+    def _initial_dual(self, x: Tensor) -> Tensor:
+        return channels_last_to_image(self.initializer(image_to_channels(x)))
+
     def _denoise(self, step: int, z: Tensor, x: Tensor, scaled_dual: Tensor) -> Tensor:
         denoiser = self.denoisers[0 if self.share_denoiser else step]
         stacked = torch.cat([z, x, scaled_dual], dim=-1)  # (B, H, W, 6): z, x, u / rho as re/im pairs
@@ -155,17 +170,19 @@ class VSharp2D(nn.Module):
         masked_kspace ``(B, C, H, W, 2)`` (zero where not sampled), mask broadcastable to
         ``(B, 1, H, W, 1)``, sens ``(B, C, H, W, 2)`` (unit RSS over coils).
         """
-        zero_filled = sense_adjoint(masked_kspace, sens, mask)
+        zero_filled = self._zero_filled(masked_kspace, sens, mask)
         if self.normalise:
-            scale = zero_filled.std(dim=(1, 2, 3), keepdim=True).clamp_min(SCALE_FLOOR)
+            dims = tuple(range(1, zero_filled.ndim))
+            scale = zero_filled.std(dim=dims, keepdim=True).clamp_min(SCALE_FLOOR)
             measured = masked_kspace / scale.unsqueeze(1)
             x = zero_filled / scale
         else:
             scale = torch.ones((), dtype=zero_filled.dtype, device=zero_filled.device)
             measured = masked_kspace
             x = zero_filled
+        rhs = x
         z = x
-        u = channels_last_to_image(self.initializer(image_to_channels(x)))
+        u = self._initial_dual(x)
         rho_all = self.rho.to(x.dtype)
         step_sizes = self.step_sizes.to(x.dtype)
         outputs: list[Tensor] = []
@@ -174,7 +191,7 @@ class VSharp2D(nn.Module):
             z = self._denoise(step, z, x, u / rho)
             for gradient_step in range(self.num_gradient_steps):
                 # Gradient of 1/2 ||A x - y||^2 + rho/2 ||x - z + u/rho||^2 (the x-step objective).
-                data_gradient = sense_adjoint(sense_forward(x, sens, mask) - measured, sens, mask)
+                data_gradient = self._data_gradient(x, measured, rhs, sens, mask)
                 x = x - step_sizes[gradient_step] * (data_gradient + rho * (x - z) + u)
             outputs.append(x * scale)
             u = u + rho * (x - z)
