@@ -1,4 +1,8 @@
-"""Per-volume results and the aggregated ``report.json`` rows (one row per policy x recon x R)."""
+"""Per-volume results and the aggregated ``report.json`` rows (one row per policy x recon x R).
+
+A multi-round (ADS) scan lists its plan rounds in ``volumes.json`` (``rounds``: per round the lines per
+frame, degraded and its reason, the scanner's wait ``elapsed_ms`` and ``deadline_met``); the aggregate row
+counts them (``plan_rounds``, ``rounds_degraded``, ``rounds_deadline_missed``, ``round_ms_p99``)."""
 
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ class VolumeResult:
     scan_seconds: float
     recon_seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -57,6 +62,12 @@ def aggregate(results: list[VolumeResult]) -> list[dict[str, Any]]:
         row["plan_ms_p99"] = _percentile(plan_ms, 99)
         row["plan_rtt_ms_p50"] = _percentile([item.plan_rtt_ms for item in items], 50)
         row["degraded_plans"] = sum(item.degraded for item in items)
+        rounds = [entry for item in items for entry in item.rounds]
+        if rounds:
+            row["plan_rounds"] = max(len(item.rounds) for item in items)
+            row["rounds_degraded"] = sum(bool(entry["degraded"]) for entry in rounds)
+            row["rounds_deadline_missed"] = sum(not entry["deadline_met"] for entry in rounds)
+            row["round_ms_p99"] = _percentile([float(entry["elapsed_ms"]) for entry in rounds], 99)
         row["recon_methods_used"] = sorted({item.recon_method_used or "?" for item in items})
         row["recon_seconds_mean"] = float(np.mean([item.recon_seconds for item in items]))
         rows.append(row)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -96,6 +96,7 @@ async def replay_files(
                         recon_method_used=outcome.final.recon_method_used,
                         scan_seconds=outcome.scan_seconds,
                         recon_seconds=outcome.recon_seconds,
+                        rounds=[asdict(entry) for entry in outcome.rounds],
                     )
                     results.append(result)
                     if settings.figures:
@@ -110,5 +111,12 @@ async def replay_files(
                         )
                     if progress is not None:
                         progress(f"{scan.name} {policy_name}/{recon} R={R:g}: PSNR {metrics['psnr']:.2f}")
+                        for entry in outcome.rounds if len(outcome.rounds) > 1 else ():
+                            progress(
+                                f"  round {entry.round}: {min(entry.lines_per_frame)}-"
+                                f"{max(entry.lines_per_frame)} lines/frame, {entry.elapsed_ms:.1f} ms, "
+                                f"{'deadline met' if entry.deadline_met else 'DEADLINE MISSED'}"
+                                f"{', degraded: ' + (entry.reason or '') if entry.degraded else ''}"
+                            )
     write_report(out_dir, results)
     return results

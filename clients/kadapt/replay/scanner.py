@@ -2,6 +2,10 @@
 
 ACS block first, then the plan (the gateway has already asked the sampler when the ACS completed), then
 only the planned lines in shots of ``shot_lines`` readouts, optionally paced by TR, then complete
+(:func:`acquire_scan`). A multi-round (ADS) plan is not ``final``: the scanner acquires its new lines,
+whose last shot starts the gateway's next round, and takes that round's plan from the answer, until a
+final plan; every round is recorded (:class:`PlanRound`: lines per frame, degraded, the scanner's wait
+and whether it stayed within the plan deadline). Then complete
 (:func:`acquire_scan`, the scanner's part), wait for the reconstruction and fetch the images
 (:func:`collect_scan`, which a scanner may leave to a viewer while it goes on with its next scan).
 """
@@ -24,6 +28,40 @@ from kadapt.schemas import PlanResponse, ScanCreate, ScanPolicy, ScanPublic, Sca
 MRD_STREAM = "application/vnd.ismrmrd.stream"
 
 
+@dataclass(frozen=True)
+class PlanRound:
+    """One plan round as the scanner saw it: ``lines_per_frame`` the plan's line count per frame,
+    ``elapsed_ms`` from sending the shot that completed the previous round's lines (round 0: the ACS
+    block) to holding this plan, ``deadline_met`` whether that stayed within ``plan_deadline_ms``."""
+
+    round: int
+    lines_per_frame: tuple[int, ...]
+    final: bool
+    degraded: bool
+    reason: str | None
+    served_by: str
+    elapsed_ms: float
+    deadline_met: bool
+
+    @classmethod
+    def of(cls, plan: PlanResponse, frames: int, elapsed_ms: float, deadline_ms: float) -> PlanRound:
+        counts = (
+            tuple(len(lines) for lines in plan.frame_lines)
+            if plan.frame_lines is not None
+            else (len(plan.lines),) * frames
+        )
+        return cls(
+            round=plan.round,
+            lines_per_frame=counts,
+            final=plan.final,
+            degraded=plan.degraded,
+            reason=plan.reason,
+            served_by=plan.served_by,
+            elapsed_ms=elapsed_ms,
+            deadline_met=elapsed_ms <= deadline_ms,
+        )
+
+
 @dataclass
 class ScanOutcome:
     scan_id: str
@@ -35,6 +73,7 @@ class ScanOutcome:
     final: ScanPublic
     scan_seconds: float
     recon_seconds: float
+    rounds: tuple[PlanRound, ...] = ()
 
 
 def _raise_for_problem(response: httpx.Response) -> None:
@@ -99,6 +138,7 @@ class AcquiredScan:
     plan_rtt_ms: float
     scan_seconds: float
     completed_at: float
+    rounds: tuple[PlanRound, ...] = ()
 
 
 async def acquire_scan(
@@ -146,21 +186,69 @@ async def acquire_scan(
             plan = PlanResponse.model_validate_json(response.content)
         received = time.perf_counter()
         plan_ms, plan_rtt_ms = (received - last_acs_sent) * 1000.0, (received - asked) * 1000.0
-        per_frame = (
-            [list(lines) for lines in plan.frame_lines]
-            if plan.frame_lines is not None
-            else [list(plan.lines)] * frames
-        )
-        remaining = [[c for c in lines if c not in acs] for lines in per_frame]
-        remaining_cells = _cells(slices, frames, remaining)
-        await _send_lines(client, scan_id, scan, remaining_cells, acs, shot_lines, tr_ms)
+        rounds = [PlanRound.of(plan, frames, plan_ms, policy.plan_deadline_ms)]
+        acquired: list[set[int]] = [set(acs) for _ in range(frames)]
+        while True:
+            remaining = [
+                sorted(set(lines) - done)
+                for lines, done in zip(_per_frame(plan, frames), acquired, strict=True)
+            ]
+            for done, lines in zip(acquired, remaining, strict=True):
+                done.update(lines)
+            if plan.final:
+                break
+            # A non-final (ADS) round: its lines' last shot starts the next round, whose plan it answers.
+            last_sent, plan = await _next_round(
+                client, scan_id, scan, remaining, acs, plan, shot_lines, tr_ms
+            )
+            elapsed_ms = (time.perf_counter() - last_sent) * 1000.0
+            rounds.append(PlanRound.of(plan, frames, elapsed_ms, policy.plan_deadline_ms))
+        await _send_lines(client, scan_id, scan, _cells(slices, frames, remaining), acs, shot_lines, tr_ms)
         scan_seconds = time.perf_counter() - started
         response = await client.post(f"/v1/scans/{scan_id}/complete")
         _raise_for_problem(response)
-        return AcquiredScan(scan_id, plan, plan_ms, plan_rtt_ms, scan_seconds, time.perf_counter())
+        return AcquiredScan(
+            scan_id, plan, plan_ms, plan_rtt_ms, scan_seconds, time.perf_counter(), tuple(rounds)
+        )
     except BaseException:
         await client.delete(f"/v1/scans/{scan_id}")
         raise
+
+
+def _per_frame(plan: PlanResponse, frames: int) -> list[list[int]]:
+    if plan.frame_lines is not None:
+        return [list(lines) for lines in plan.frame_lines]
+    return [list(plan.lines)] * frames
+
+
+async def _next_round(
+    client: httpx.AsyncClient,
+    scan_id: str,
+    scan: ReplayScan,
+    new_lines: list[list[int]],
+    acs: frozenset[int],
+    plan: PlanResponse,
+    shot_lines: int,
+    tr_ms: float,
+) -> tuple[float, PlanResponse]:
+    """Acquire ``new_lines`` (per frame) of non-final ``plan`` and return when the last shot was sent
+    and the next round's plan (from that shot's answer, else ``GET .../plan``).
+    :class:`ServiceUnavailableError` when the gateway does not move on to round ``plan.round + 1``."""
+    info = scan.info
+    cells = _cells(info.slices, info.frames, new_lines)
+    last_sent, answered = await _send_lines(
+        client, scan_id, scan, cells, acs, shot_lines, tr_ms, wait_plan=True
+    )
+    if answered is None or answered.round != plan.round + 1:
+        response = await client.get(f"/v1/scans/{scan_id}/plan")
+        _raise_for_problem(response)
+        answered = PlanResponse.model_validate_json(response.content)
+    if answered.round != plan.round + 1:
+        raise ServiceUnavailableError(
+            f"scan {scan_id}: round {plan.round}'s lines are in, but the gateway answers round "
+            f"{answered.round}, not round {plan.round + 1}"
+        )
+    return last_sent, answered
 
 
 async def collect_scan(
@@ -190,6 +278,7 @@ async def collect_scan(
             final,
             acquired.scan_seconds,
             recon_seconds,
+            acquired.rounds,
         )
     finally:
         await client.delete(f"/v1/scans/{scan_id}")

@@ -1,4 +1,4 @@
-"""The binary plan-request body ``application/x-kadapt-plan``: a JSON header and the raw ACS ``.npy``.
+"""The binary plan-request body ``application/x-kadapt-plan``: a JSON header and the raw payload ``.npy``.
 
 A JSON :class:`~kadapt.schemas.PlanRequest` carries the ACS block as base64 ``.npy`` in a string field:
 at a 320 x 320 x 8-coil scan with 16 ACS lines that is a 437 kB body, a 437k-character JSON string to
@@ -9,8 +9,9 @@ sampler reads them straight into the model input (docs/sampler.md, "Plan transpo
     0       4     magic b"KPL1" (format version 1)
     4       4     n: uint32 little-endian, byte length of the header
     8       n     the PlanRequest as UTF-8 JSON, without ``acs_npy_b64`` (or with it null)
-    8 + n   rest  the ACS k-space as ``.npy`` bytes: complex64 ``(coil, H, num_acs)``, C order;
-                  empty when the request carries no ACS
+    8 + n   rest  the payload as ``.npy`` bytes, C order; empty when the request carries none:
+                  the header's ``payload`` "acs" (default): ACS k-space complex64 ``(coil, H, num_acs)``;
+                  "sense-image": the SENSE image so far complex64 ``(frames, H, W)`` (``ads`` rounds)
 
 The header is validated exactly like the JSON body (strict, unknown fields rejected). Only the framing
 is checked here; what the ACS holds (dtype, shape, finite values) is the planning policy's business,

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import io
+from typing import Literal
+
+import numpy as np
 import pybase64
 from pydantic import Field, PrivateAttr
 
+from kadapt.errors import GeometryMismatchError, InvalidInputError
 from kadapt.schemas._base import IntTuple, IntTupleTuple, ModelName, WireModel
+
+PlanPayload = Literal["acs", "sense-image"]
+"""What a plan request's ``.npy`` payload holds: ``acs`` the ACS k-space ``(coil, H, num_acs)`` (model
+policies that look at the calibration, ``mnet``), ``sense-image`` the SENSE image of the data acquired
+so far ``(frames, H, W)`` (``ads`` cascade rounds, seed 004 section 2.3)."""
+
+# np.save writes a header of at most a few hundred bytes (format 1.0: under 64 KiB by definition).
+_NPY_HEADER_PEEK = 1 << 16
+
+
+def npy_header(npy: bytes) -> tuple[tuple[int, ...], np.dtype[np.generic], int]:
+    """``(shape, dtype, data bytes)`` of ``.npy`` bytes, reading the header only;
+    :class:`InvalidInputError` (400) when they are not ``.npy``."""
+    stream = io.BytesIO(npy[:_NPY_HEADER_PEEK])
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    except ValueError as err:
+        raise InvalidInputError(f"the plan payload is not .npy data: {err}") from err
+    return tuple(int(size) for size in shape), dtype, len(npy) - stream.tell()
 
 
 class PlanRequest(WireModel):
@@ -22,6 +50,11 @@ class PlanRequest(WireModel):
     ``application/x-kadapt-plan`` body (:mod:`kadapt.schemas.plan_binary`, no base64, no 570k-character
     JSON string); the decoded request then holds them privately (:meth:`with_acs_npy`) and
     :meth:`acs_npy` returns the bytes of either transport. They are not part of ``model_dump_json``.
+
+    ``payload`` names what those ``.npy`` bytes hold (:data:`PlanPayload`): ``acs`` (the default, so
+    older clients keep working) or ``sense-image``, the SENSE image of the centre slice's data acquired
+    so far, complex64 ``(frames, H, W)``, which an ``ads`` policy's cascade round looks at instead of the
+    ACS (docs/sampler.md, "Plan transport"); :meth:`check_payload` checks its shape.
     """
 
     scan_id: str
@@ -38,7 +71,36 @@ class PlanRequest(WireModel):
     seed: int = Field(default=0, ge=0)
     deadline_unix_ms: float
     acs_npy_b64: str | None = None
+    payload: PlanPayload = "acs"
     _acs_npy: bytes | None = PrivateAttr(default=None)
+
+    def check_payload(self) -> None:
+        """For a ``sense-image`` payload, check its ``.npy`` header against the request: complex
+        ``(frames, height, width)`` with a matching data length. :class:`GeometryMismatchError` (422)
+        naming both shapes, :class:`InvalidInputError` for bytes that are not ``.npy`` or not base64.
+        ACS payloads are the policy's business (an ``mnet`` policy falls back on a bad one)."""
+        if self.payload != "sense-image":
+            return
+        try:
+            npy = self.acs_npy()
+        except ValueError as err:
+            raise InvalidInputError(str(err)) from err
+        if npy is None:
+            return
+        shape, dtype, data_bytes = npy_header(npy)
+        expected = (self.frames, self.height, self.width)
+        if shape != expected or dtype.kind != "c" or dtype.hasobject:
+            raise GeometryMismatchError(
+                f"the sense-image payload is {dtype} {shape}; the request's (frames, height, width) "
+                f"needs complex {expected}",
+                expected=list(expected),
+                got=list(shape),
+            )
+        if data_bytes != int(np.prod(shape)) * dtype.itemsize:
+            raise InvalidInputError(
+                f"the sense-image .npy holds {data_bytes} data bytes, its header {shape} {dtype} needs "
+                f"{int(np.prod(shape)) * dtype.itemsize}"
+            )
 
     @property
     def has_acs(self) -> bool:

@@ -186,11 +186,12 @@ def test_registry_reports_bad_bundles_without_raising(tmp_path: Path, repo_model
     names = [p.name for p in registry.policies()]
     assert {"centre-weighted", "vd-random"} <= set(names)
     assert not {"tampered", "recon-model", "mnet-model", "ads-model"} & set(names)
-    assert set(registry.failures) == {"tampered/1", "vd-random/1", "mnet-model/1"}
+    assert set(registry.failures) == {"tampered/1", "vd-random/1", "mnet-model/1", "ads-model/1"}
     assert registry.failures["tampered/1"].startswith("checksum-mismatch: ")
     assert "mask family" in registry.failures["vd-random/1"]
     assert "mnet geometry needs kx and coils" in registry.failures["mnet-model/1"]  # a mask, not a model
-    assert set(registry.skipped) == {"ads-model/1"}
+    assert "training.ads must be an object" in registry.failures["ads-model/1"]  # ads bundles are served now
+    assert registry.skipped == {}
     with pytest.raises(InvalidInputError, match="'poisson-2d'"):
         registry.get("poisson-2d")
 

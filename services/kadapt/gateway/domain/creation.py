@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kadapt.errors import InvalidAccelerationError, InvalidHeaderError, InvalidInputError, KadaptError
+from kadapt.gateway.domain.dynamic_plans import sampler_payload
 from kadapt.gateway.domain.fallbacks import FallbackBundles, FallbackPattern, resolve_fallback
 from kadapt.gateway.domain.images import IMAGE_FORMATS
 from kadapt.gateway.domain.planning import PlanContext, fallback_plan
@@ -118,6 +119,7 @@ def new_session(body: ScanCreate, bundles: FallbackBundles | None = None) -> Sca
         policy=body.policy,
         encoding=encoding,
         fallback_pattern=fallback_pattern,
+        plan_payload=sampler_payload(body.policy, bundles.repository if bundles is not None else None),
         created_unix_ms=now,
         updated_unix_ms=now,
     )

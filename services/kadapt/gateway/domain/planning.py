@@ -27,6 +27,7 @@ from kadapt.gateway.domain.fallbacks import FallbackPattern
 from kadapt.masks import get_family, line_budget, make_mask
 from kadapt.schemas import PlanRequest, PlanResponse, ScanGeometry, ScanPolicy
 from kadapt.schemas.plan_binary import PLAN_BINARY_MEDIA_TYPE, encode_plan_body
+from kadapt.schemas.plans import PlanPayload
 
 # Seconds. Dense from 1 to 100 ms so that a histogram_quantile near the usual plan deadlines (5, 10,
 # 20, 50, 100 ms each fall on a boundary) is resolved, with 40 / 75 ms to see a plan closing in on them.
@@ -79,8 +80,11 @@ class PlanMetrics:
 class PlanContext:
     """What a plan is computed from: one scan's policy and geometry, the round and its deadline.
 
-    ``acquired`` are the ky columns every plan of this round must keep (the ACS block and the lines of
-    earlier rounds), sorted.
+    ``acquired`` are the ky columns every plan of this round must keep in every frame (the ACS block and
+    the lines of earlier rounds), sorted; ``acquired_per_frame`` (multi-round ``ads`` plans, one sorted
+    tuple per frame) adds the lines earlier rounds planned for each frame. ``acs_npy`` is the ``.npy``
+    payload a model policy looks at, named by ``payload``: the centre slice's ACS block, or for ``ads``
+    policies its SENSE image so far (:mod:`kadapt.gateway.domain.dynamic_plans`).
     """
 
     scan_id: str
@@ -91,6 +95,14 @@ class PlanContext:
     deadline_unix_ms: float
     acs_npy: bytes | None = None  # the scan's ACS block as ``.npy`` bytes (centre slice), for model policies
     fallback_pattern: FallbackPattern | None = None  # a fixed-mask bundle fallback (the session's)
+    acquired_per_frame: tuple[tuple[int, ...], ...] | None = None
+    payload: PlanPayload = "acs"
+
+    def frame_acquired(self, frame: int) -> tuple[int, ...]:
+        """The lines frame ``frame`` must keep: ``acquired`` plus its ``acquired_per_frame`` entry."""
+        if self.acquired_per_frame is None:
+            return self.acquired
+        return tuple(sorted({*self.acquired, *self.acquired_per_frame[frame]}))
 
     def request(self, *, inline_acs: bool = True) -> PlanRequest:
         """The wire request; ``inline_acs=False`` leaves ``acs_npy_b64`` out (binary transport)."""
@@ -104,9 +116,11 @@ class PlanContext:
             acceleration=self.policy.acceleration,
             num_acs=self.policy.num_acs,
             acquired=self.acquired,
+            acquired_per_frame=self.acquired_per_frame,
             round=self.round,
             seed=self.policy.seed,
             deadline_unix_ms=self.deadline_unix_ms,
+            payload=self.payload,
             acs_npy_b64=(
                 pybase64.b64encode(self.acs_npy).decode("ascii")
                 if inline_acs and self.acs_npy is not None
@@ -150,14 +164,26 @@ def fallback_plan(context: PlanContext, reason: str, *, elapsed_ms: float = 0.0)
     A fixed-mask bundle (``context.fallback_pattern``, resolved when the scan was created): the acquired
     lines plus the bundle's best-scored other lines, i.e. in round 0 exactly the plan the sampler serves
     for that bundle at R, later the sampler's rule for it too; ``served_by`` is its ``name/version``.
+
+    With ``acquired_per_frame`` (a later round of a multi-round ``ads`` plan, whose frames hold different
+    lines) the plan is per frame whatever the fallback: each frame keeps its own acquired lines and is
+    completed from the fallback's mask (frame f's for a kt family) to exactly the budget.
     """
     policy, geometry = context.policy, context.geometry
     budget = line_budget(geometry.width, policy.acceleration, policy.num_acs)
+    per_frame = context.acquired_per_frame is not None
     if context.fallback_pattern is not None:
+        pattern = context.fallback_pattern
+        pattern_lines = (
+            tuple(pattern.lines(context.frame_acquired(f), budget) for f in range(geometry.frames))
+            if per_frame
+            else None
+        )
         return PlanResponse(
             scan_id=context.scan_id,
             policy=policy.sampler,
-            lines=context.fallback_pattern.lines(context.acquired, budget),
+            lines=pattern_lines[0] if pattern_lines else pattern.lines(context.acquired, budget),
+            frame_lines=pattern_lines,
             round=context.round,
             final=True,
             degraded=True,
@@ -180,7 +206,8 @@ def fallback_plan(context: PlanContext, reason: str, *, elapsed_ms: float = 0.0)
             )
         ).reshape(geometry.frames, geometry.width)
         frame_lines = tuple(
-            _complete_lines(np.flatnonzero(mask), context.acquired, budget, geometry.width) for mask in masks
+            _complete_lines(np.flatnonzero(mask), context.frame_acquired(f), budget, geometry.width)
+            for f, mask in enumerate(masks)
         )
         lines = frame_lines[0]
     else:
@@ -194,6 +221,12 @@ def fallback_plan(context: PlanContext, reason: str, *, elapsed_ms: float = 0.0)
             )
         ).reshape(geometry.width)
         lines = _complete_lines(np.flatnonzero(mask), context.acquired, budget, geometry.width)
+        if per_frame:
+            frame_lines = tuple(
+                _complete_lines(np.flatnonzero(mask), context.frame_acquired(f), budget, geometry.width)
+                for f in range(geometry.frames)
+            )
+            lines = frame_lines[0]
     return PlanResponse(
         scan_id=context.scan_id,
         policy=policy.sampler,
@@ -209,7 +242,7 @@ def fallback_plan(context: PlanContext, reason: str, *, elapsed_ms: float = 0.0)
 
 
 def _check_line_set(
-    lines: Sequence[int], context: PlanContext, budget: int, what: str, *, final: bool
+    lines: Sequence[int], context: PlanContext, budget: int, what: str, *, final: bool, frame: int | None
 ) -> str | None:
     width = context.geometry.width
     if list(lines) != sorted(set(lines)):
@@ -219,7 +252,8 @@ def _check_line_set(
     # A final plan is the whole mask: exactly the budget. An intermediate round (ADS) may hold fewer.
     if (final and len(lines) != budget) or len(lines) > budget:
         return f"{what} have {len(lines)} entries, the budget is {budget}"
-    missing = sorted(set(context.acquired) - set(lines))
+    kept = context.acquired if frame is None else context.frame_acquired(frame)
+    missing = sorted(set(kept) - set(lines))
     if missing:
         return f"{what} drop acquired lines {missing[:8]}"
     return None
@@ -235,11 +269,15 @@ def check_plan(plan: PlanResponse, context: PlanContext) -> str | None:
         return f"plan for round {plan.round}, asked for round {context.round}"
     budget = line_budget(context.geometry.width, context.policy.acceleration, context.policy.num_acs)
     if plan.frame_lines is None:
-        return _check_line_set(plan.lines, context, budget, "lines", final=plan.final)
+        if context.acquired_per_frame is not None:
+            return "a plan for frames holding different lines must give frame_lines"
+        return _check_line_set(plan.lines, context, budget, "lines", final=plan.final, frame=None)
     if len(plan.frame_lines) != context.geometry.frames:
         return f"frame_lines has {len(plan.frame_lines)} frames, the scan has {context.geometry.frames}"
     for frame, lines in enumerate(plan.frame_lines):
-        problem = _check_line_set(lines, context, budget, f"frame_lines[{frame}]", final=plan.final)
+        problem = _check_line_set(
+            lines, context, budget, f"frame_lines[{frame}]", final=plan.final, frame=frame
+        )
         if problem is not None:
             return problem
     return None

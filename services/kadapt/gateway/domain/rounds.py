@@ -5,7 +5,10 @@ moment planning starts, so the plan is usually ready before the scanner asks. ``
 that task at most until the round's absolute deadline; a replica without the task (another gateway
 asked, or it restarted) watches the store until the deadline. After the deadline the fallback mask is
 recorded. The first plan recorded for a round wins, so the scanner and every replica see the same lines.
-Multi-round policies (ADS) get the next round when every line of a non-final plan is in.
+Multi-round policies (ADS) get the next round when every line of a non-final plan is in; each round has
+its own deadline (``plan_deadline_ms`` from the moment its predecessor's last line is in) and its own
+fallback, which keeps every line the earlier rounds planned in each frame and completes the mask
+(:mod:`~kadapt.gateway.domain.dynamic_plans` makes the rounds' inputs).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import structlog
 
 from kadapt.errors import InvalidStateError
-from kadapt.gateway.domain import completion, creation
+from kadapt.gateway.domain import completion, creation, dynamic_plans
 from kadapt.gateway.domain.images import encode_npy
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import PlanContext, Planner, fallback_plan
@@ -68,11 +71,12 @@ class PlanRounds:
                 task.cancel()
 
     def context(self, session: ScanSession, *, with_acs: bool) -> PlanContext:
-        acquired = set(creation.acs_columns(session).tolist())
-        if session.plan is not None and session.plan.round < session.plan_round:
-            acquired.update(session.plan.lines)  # earlier rounds' lines stay in every later plan
+        # Earlier rounds' lines stay in every later plan (per frame after a per-frame round, ADS).
+        acquired, acquired_per_frame = dynamic_plans.earlier_lines(
+            session, tuple(int(c) for c in creation.acs_columns(session))
+        )
         acs_npy = None
-        if with_acs:
+        if with_acs and session.plan_payload == "acs":
             acs = self.kspace_files.read_acs(
                 session.scan_id, creation.acs_columns(session), slice_index=session.geometry.slices // 2
             )
@@ -81,7 +85,8 @@ class PlanRounds:
             scan_id=session.scan_id,
             policy=session.policy,
             geometry=session.geometry,
-            acquired=tuple(sorted(acquired)),
+            acquired=acquired,
+            acquired_per_frame=acquired_per_frame,
             round=session.plan_round,
             deadline_unix_ms=session.plan_deadline_unix_ms or now_unix_ms(),
             acs_npy=acs_npy,
@@ -101,7 +106,11 @@ class PlanRounds:
         # Fixed mask families never look at the scan: skip reading and encoding its ACS block
         # (about 350 kB of JSON at 256 x 8 coils x 16 lines), which dominated a fixed policy's plan time.
         needs_scan_data = session.policy.sampler not in mask_families()
-        plan = await self.planner.plan(self.context(session, with_acs=needs_scan_data))
+        context = self.context(session, with_acs=needs_scan_data)
+        if needs_scan_data and session.plan_payload == dynamic_plans.SENSE_IMAGE:
+            # ADS rounds look at the SENSE image so far instead of the ACS (made in a worker thread).
+            context = await dynamic_plans.with_sense_image(context, session, self.kspace_files)
+        plan = await self.planner.plan(context)
         return await self.record(session.scan_id, plan)
 
     async def record(self, scan_id: str, plan: PlanResponse) -> PlanResponse:

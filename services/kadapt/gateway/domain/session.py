@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from kadapt.errors import InvalidStateError
 from kadapt.gateway.domain.fallbacks import FallbackPattern
 from kadapt.schemas import PlanResponse, ReconJob, ScanGeometry, ScanPolicy, ScanPublic, ScanState
+from kadapt.schemas.plans import PlanPayload
 
 S = ScanState
 
@@ -84,6 +85,9 @@ class ScanSession(BaseModel):
     # ``policy.fallback`` resolved at creation when it names a fixed-mask bundle (None: a mask family):
     # kept here so every replica serves it without the model repository, even after the bundle is gone.
     fallback_pattern: FallbackPattern | None = None
+    # What model plans look at: the ACS block, or (``ads`` policies, planned in rounds) the SENSE image so
+    # far; resolved at creation from the sampler bundle's manifest (``domain/dynamic_plans.py``).
+    plan_payload: PlanPayload = "acs"
     plan: PlanResponse | None = None
     plan_round: int = 0
     plan_deadline_unix_ms: float | None = None

@@ -53,6 +53,7 @@ class PolicyPublic(BaseModel):
     served_by: str
     width: int | None = None
     accelerations: tuple[float, ...] = ()
+    cascades: int | None = None
 
 
 # The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its worker
@@ -120,6 +121,7 @@ async def list_policies(planner: Annotated[Planner, Depends(ready_planner)]) -> 
             served_by=info.served_by,
             width=info.width,
             accelerations=info.accelerations,
+            cascades=info.cascades,
         )
         for info in planner.registry.infos()
     ]

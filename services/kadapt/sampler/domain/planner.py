@@ -13,10 +13,10 @@ drops a request at every point where it could notice it is late (the stages of t
 ``result``     the policy is still running at the deadline: the caller gets the 504 at once, the worker
                thread finishes in the background and only then frees its slot.
 
-Model policies with a fallback (:class:`DegradablePolicy`, ``mnet`` bundles) are not left to miss the
-deadline: the planner waits for their model only until ``fallback_margin_ms`` before it and then answers
-with the fallback, marked degraded (``model-late``, counted under the stage ``inference``); the policy
-itself falls back when inference ends that late or cannot run (``domain/mnet.py``).
+Model policies with a fallback (:class:`DegradablePolicy`, ``mnet`` and ``ads`` bundles) are not left to
+miss the deadline: the planner waits for their model only until ``fallback_margin_ms`` before it and then
+answers with the fallback, marked degraded (``model-late``, counted under the stage ``inference``); the
+policy itself falls back when inference ends that late or cannot run (``domain/mnet.py``, ``ads.py``).
 
 Plans are computed in a worker thread (``asyncio.to_thread``) so a slow model never blocks the event
 loop, and every plan is checked against the contract (architecture.md section 3) before it leaves.
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kadapt.bundles import BundleRef, list_bundle_refs, load_bundle, read_manifest
+from kadapt.bundles.ads_runtime import round_budget
 from kadapt.errors import (
     BundleError,
     DeadlineExceededError,
@@ -42,6 +43,7 @@ from kadapt.errors import (
     UnknownPolicyError,
 )
 from kadapt.masks import line_budget, mask_families
+from kadapt.sampler.domain.ads import AdsServing, load_ads_policy
 from kadapt.sampler.domain.mnet import MNetServing, load_mnet_policy
 from kadapt.sampler.domain.policies import (
     DegradablePolicy,
@@ -91,15 +93,19 @@ class PolicyRegistry:
         families: Mapping[str, MaskFamilyLike] | None = None,
         *,
         mnet: MNetServing | None = None,
+        ads: AdsServing | None = None,
     ) -> PolicyRegistry:
         """One :class:`FixedFamilyPolicy` per 1d/kt family of ``families`` (default: the
         :mod:`kadapt.masks` registry), one :class:`FixedMaskBundlePolicy` per ``fixed-mask`` bundle and
         one :class:`~kadapt.sampler.domain.mnet.MNetBundlePolicy` per ``mnet`` bundle of
         ``model_repository`` (latest versions, checksums verified; ``mnet`` sets how models run and
-        their default fallback). A bad bundle is recorded in ``failures`` with the reason; it never
-        raises."""
+        their default fallback), and one :class:`~kadapt.sampler.domain.ads.AdsBundlePolicy` per ``ads``
+        bundle (``ads``; default: ``mnet``'s threads and margin). A bad bundle is recorded in
+        ``failures`` with the reason; it never raises."""
         registry = cls()
-        mnet_refs: list[BundleRef] = []
+        mnet = mnet or MNetServing()
+        ads = ads or AdsServing(threads=mnet.threads, margin_ms=mnet.margin_ms)
+        model_refs: list[BundleRef] = []
         for name, family in sorted((families if families is not None else mask_families()).items()):
             try:
                 registry.add(FixedFamilyPolicy(family))
@@ -111,8 +117,8 @@ class PolicyRegistry:
                 manifest = read_manifest(ref.path)
                 if manifest.kind not in SAMPLER_BUNDLE_KINDS:
                     continue
-                if manifest.kind == "mnet":
-                    mnet_refs.append(ref)  # after the fixed policies: they are the fallbacks
+                if manifest.kind in ("mnet", "ads"):
+                    model_refs.append(ref)  # after the fixed policies: they are the fallbacks
                     continue
                 if manifest.kind != "fixed-mask":
                     registry.skipped[ref.ref] = f"kind {manifest.kind!r} has no runtime in this sampler yet"
@@ -122,12 +128,15 @@ class PolicyRegistry:
                 registry.add(FixedMaskBundlePolicy(load_bundle(model_repository, name, ref.version)))
             except KadaptError as err:
                 registry.failures[ref.ref] = f"{err.slug}: {err.detail}"
-        for ref in mnet_refs:
+        for ref in model_refs:
             try:
                 if ref.name in registry._policies or ref.name in registry._refused:
                     raise InvalidStateError(f"bundle {ref.ref} has the name of another policy")
                 bundle = load_bundle(model_repository, ref.name, ref.version)
-                registry.add(load_mnet_policy(bundle, registry.get, mnet or MNetServing()))
+                if bundle.manifest.kind == "ads":
+                    registry.add(load_ads_policy(bundle, registry.get, ads))
+                else:
+                    registry.add(load_mnet_policy(bundle, registry.get, mnet))
             except KadaptError as err:
                 registry.failures[ref.ref] = f"{err.slug}: {err.detail}"
         return registry
@@ -158,6 +167,14 @@ class PolicyRegistry:
 
     def infos(self) -> list[PolicyInfo]:
         return [policy.info for policy in self.policies()]
+
+
+def plan_budget(request: PlanRequest, planned: PlannedLines, info: PolicyInfo) -> int:
+    """Lines per row ``planned`` must hold: ``round(W / R)`` for a final plan, the round's budget for an
+    intermediate round of a multi-round policy (``info.cascades``, :func:`round_budget`)."""
+    if planned.final or info.cascades is None:
+        return line_budget(request.width, request.acceleration, request.num_acs)
+    return round_budget(request.width, request.acceleration, request.num_acs, info.cascades, request.round)
 
 
 def validate_plan(request: PlanRequest, planned: PlannedLines, info: PolicyInfo, budget: int) -> None:
@@ -274,9 +291,9 @@ class Planner:
             check_deadline(request, "admission", self._clock_ms())
             policy = self.registry.get(request.policy)
             label = policy.name
-            budget = line_budget(request.width, request.acceleration, request.num_acs)
+            line_budget(request.width, request.acceleration, request.num_acs)  # 422 before any work
             planned = await self._plan_in_slot(policy, request)
-            validate_plan(request, planned, policy.info, budget)
+            validate_plan(request, planned, policy.info, plan_budget(request, planned, policy.info))
             outcome = "ok"
             if planned.fallback is not None:
                 outcome = "fallback"
@@ -289,7 +306,7 @@ class Planner:
                 lines=planned.lines,
                 frame_lines=planned.frame_lines,
                 round=request.round,
-                final=True,
+                final=planned.final,
                 degraded=planned.degraded,
                 reason=planned.reason,
                 served_by=planned.served_by or policy.info.served_by,
@@ -314,10 +331,9 @@ class Planner:
             request = policy.warmup_request(self._clock_ms())
         else:
             request = warmup_request(policy.info, self._clock_ms())
-        budget = line_budget(request.width, request.acceleration, request.num_acs)
         for _ in range(WARMUP_RUNS if degradable else 1):
             planned = policy.plan(request, self._clock_ms())
-            validate_plan(request, planned, policy.info, budget)
+            validate_plan(request, planned, policy.info, plan_budget(request, planned, policy.info))
             if planned.degraded:
                 raise BundleError(f"warm-up of policy {policy.name!r} fell back: {planned.reason}")
 

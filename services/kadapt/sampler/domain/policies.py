@@ -8,7 +8,8 @@ a stochastic binarisation), so replanning after a timeout or on another replica 
 - :class:`FixedFamilyPolicy` serves one 1d or kt mask family of :mod:`kadapt.masks`.
 - :class:`FixedMaskBundlePolicy` serves a ``fixed-mask`` bundle: a population-adaptive pattern learned
   offline (LOUPE-style, seed 000 section 1.4) stored as ``mask.npy`` line scores of shape ``(W,)``.
-- :class:`DegradablePolicy` is a model policy with a fallback (``mnet`` bundles, ``domain/mnet.py``):
+- :class:`DegradablePolicy` is a model policy with a fallback (``mnet`` bundles, ``domain/mnet.py``;
+  ``ads`` bundles planned in rounds, ``domain/ads.py``):
   when its model cannot answer in time its plan is the fallback's, marked degraded with a reason.
 - :class:`PolicyRegistry` holds them, built at startup from the family registry and the model repository.
 
@@ -55,10 +56,13 @@ class PlannedLines:
 
     A model policy that could not answer returns its fallback's lines with ``degraded`` set, ``reason``
     (human text), ``fallback`` (the reason's slug, a metric label) and ``served_by`` (the fallback).
+    ``final`` is False for an intermediate round of a multi-round (``ads``) policy: its lines are that
+    round's budget, the gateway asks for the next round once they are in.
     """
 
     lines: tuple[int, ...]
     frame_lines: tuple[tuple[int, ...], ...] | None = None
+    final: bool = True
     degraded: bool = False
     reason: str | None = None
     fallback: str | None = None
@@ -69,7 +73,8 @@ class PlannedLines:
 class PolicyInfo:
     """What ``GET /v1/policies`` shows. ``width`` is the only W the policy accepts (``None``: any),
     ``accelerations`` the R values it accepts (empty: any R the matrix allows); ``served_by`` names the
-    family or ``bundle/version`` in plan responses."""
+    family or ``bundle/version`` in plan responses; ``cascades`` the plan rounds of a multi-round
+    (``ads``) policy (``None``: one complete plan per request)."""
 
     name: str
     kind: str
@@ -79,6 +84,7 @@ class PolicyInfo:
     served_by: str
     width: int | None = None
     accelerations: tuple[float, ...] = ()
+    cascades: int | None = None
 
 
 class Policy(Protocol):
