@@ -1,4 +1,4 @@
-"""``kadapt train recon | sampler | labels``: offline training commands that write model bundles."""
+"""``kadapt train recon | ads | sampler | labels``: offline training commands that write model bundles."""
 
 from __future__ import annotations
 
@@ -101,6 +101,63 @@ def train_recon_command(
     console.print(
         f"wrote {result.bundle.path} (epochs {result.first_epoch}..{result.epochs_completed}, best epoch "
         f"{result.best_epoch}, mean val {settings.select} {result.best_score:.4f}) in {result.seconds:.1f} s"
+    )
+
+
+@train_app.command("ads", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train_ads_command(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="cine dataset directory (kadapt data build --frames T)")],
+    sampler: Annotated[str, typer.Option(help="ads | opt | comma-separated 1D / kt mask families")],
+    out: Annotated[Path, typer.Option(help="recon bundle REPOSITORY/NAME/VERSION (ads: + NAME-sampler)")],
+    accelerations: Annotated[
+        list[float] | None, typer.Option("--R", help="accelerations (default 4 6 8)")
+    ] = None,
+    pattern: Annotated[str, typer.Option(help="frame-specific | unified (ads, opt)")] = "frame-specific",
+    dim: Annotated[str, typer.Option(help="1d (line masks)")] = "1d",
+    cascades: Annotated[int, typer.Option(help="ADS cascades (plan rounds)")] = 2,
+    init: Annotated[str, typer.Option(help="initial mask of the ADS cascade: acs")] = "acs",
+    init_from: Annotated[
+        Path | None, typer.Option(help="start the recon from this checkpoint (another run's best.pt)")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="optimiser steps in total (config: training.steps)")
+    ] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="steps between validations")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="override the batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="override the learning rate")] = None,
+    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default: the dataset's)")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML or TOML config (default configs/ads.yaml)")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="a few steps with tiny models (tests)")] = False,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    runs: Annotated[
+        Path | None, typer.Option(help="checkpoints + TensorBoard (default runs/NAME/VERSION)")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from RUNS/last.pt")] = False,
+    seed: Annotated[int, typer.Option(help="seed of batches, masks and initialisation")] = 0,
+) -> None:
+    """Train vSHARP 2D+t + SMP on cine data with the ADS cascade (end to end), a learned non-adaptive
+    pattern (opt) or mask families; validate at every R, export the best as bundles (seed 004)."""
+    from kadapt.trainer.ads_config import make_ads_config
+    from kadapt.trainer.ads_loop import train_ads
+
+    given = tuple(accelerations or ()) + tuple(extra_accelerations(ctx))
+    try:
+        settings = make_ads_config(
+            data, sampler, out, accelerations=given or (4.0, 6.0, 8.0), pattern=pattern, dim=dim,
+            cascades=cascades, init=init, init_from=init_from, steps=steps, steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size, lr=lr, num_acs=num_acs, runs=runs, resume=resume, config_file=config,
+            quick=quick, device=device, seed=seed,
+        )  # fmt: skip
+        result = train_ads(settings, console=console)
+    except KadaptError as error:
+        raise fail(error) from error
+    wrote = f"{result.bundle.path}" + (f" and {result.sampler_bundle.path}" if result.sampler_bundle else "")
+    console.print(
+        f"wrote {wrote} (steps {result.global_step}, best epoch {result.best_epoch}, mean val SSIM "
+        f"{result.best_score:.4f}, {result.seconds_per_step:.2f} s/step) in {result.seconds:.1f} s"
     )
 
 
