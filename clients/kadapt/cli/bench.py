@@ -305,3 +305,57 @@ def bench_tasks_command(
     _run_scored_bench(
         "bench tasks", lambda step: run_tasks_benchmark(settings, out, progress=step), tasks_table, out
     )
+
+
+@bench_app.command("dynamic", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench_dynamic_command(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Option(help="cine dataset (kadapt data build --frames T); test split scored")
+    ],
+    out: Annotated[Path, typer.Option(help="JSON result file")],
+    bundles: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="ads bundles and dynamic vsharp baseline bundles REPO/NAME/VERSION, e.g. --bundles a b"
+        ),
+    ] = None,
+    accelerations: Annotated[
+        list[float] | None, typer.Option("--R", help="accelerations, e.g. --R 4 6 8 (default 4 6 8; quick 8)")
+    ] = None,
+    num_acs: Annotated[int | None, typer.Option(help="ACS lines (default: the dataset manifest's)")] = None,
+    quick: Annotated[bool, typer.Option(help="CI-sized: 2 test volumes x 1 slice, R 8")] = False,
+    threads: Annotated[int | None, typer.Option(help="threads for every method (default: all cores)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the family masks and the bootstrap / ASO")] = 0,
+    context: Annotated[bool, typer.Option(help="zero-filled and CG-SENSE rows on kt-equispaced")] = True,
+    markdown: Annotated[
+        Path | None, typer.Option(help="also write the table as markdown (for docs/benchmarks.md)")
+    ] = None,
+) -> None:
+    """Cine samplers (ADS cascades, the learned 'opt' pattern, mask families), each with its own dynamic
+    vSHARP bundle, on the held-out test split: SSIM / PSNR / NMSE per frame and per volume on the centre
+    2/3, paired comparison of ADS against the best baseline, seconds per slice."""
+
+    from kadapt.trainer.bench_dynamic import DynamicBenchSettings, run_dynamic_benchmark
+    from kadapt.trainer.bench_dynamic_report import dynamic_table, markdown_table
+
+    extra_rates, extra_bundles = _split_extra(ctx.args)
+    if (extra_rates and not accelerations) or (extra_bundles and not bundles):
+        raise fail(ValueError(f"unexpected arguments {ctx.args}: only --R and --bundles take more values"))
+    settings = DynamicBenchSettings(
+        data=data,
+        bundles=tuple(bundles or ()) + tuple(extra_bundles),
+        accelerations=tuple(accelerations or ()) + tuple(extra_rates) or None,
+        num_acs=num_acs,
+        quick=quick,
+        threads=threads,
+        seed=seed,
+        context=context,
+    )
+    _run_scored_bench(
+        "bench dynamic", lambda step: run_dynamic_benchmark(settings, progress=step), dynamic_table, out
+    )
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(markdown_table(json.loads(out.read_text())))
+        console.print(f"wrote {markdown}")

@@ -11,6 +11,12 @@ benchmark. Per (slice, frame) of k-space ``(C, H, W)`` the graph takes, in order
 
 and returns ``image`` float32 ``(1, H, W, 2)`` on the normalised scale: the magnitude is ``|image| * s``.
 
+Dynamic (cine) bundles -- ``training.dynamic`` true, ``geometry.frames`` T set (issue 5, contract C3) --
+reconstruct all frames of a SLICE in one inference: ``masked_kspace`` ``(1, T, C, H, W, 2)`` divided by
+``s = acs_scale`` of the frame-averaged ACS, ``mask`` ``(1, T, W)``, ``sens`` ``(1, C, H, W, 2)`` from
+:func:`kadapt.kspace.dynamic.frame_averaged_acs_sensitivities` (static coils; seed 004 sec. 2.4, eq. B1
+on the frame-averaged ACS), output ``image`` ``(1, T, H, W, 2)``, magnitude ``|image| * s``.
+
 This module imports onnxruntime; :mod:`kadapt.bundles` itself does not import it, so services that only
 read manifests (sampler, gateway) never load the runtime.
 """
@@ -32,6 +38,7 @@ from kadapt.bundles.manifest import Manifest
 from kadapt.bundles.repository import Bundle
 from kadapt.errors import BundleError, GeometryMismatchError
 from kadapt.kspace.coils import acs_sensitivities
+from kadapt.kspace.dynamic import frame_averaged_acs, frame_averaged_acs_sensitivities
 from kadapt.kspace.preprocess import acs_scale
 
 logger = logging.getLogger(__name__)
@@ -61,7 +68,8 @@ class ScanShape:
     acceleration: float
 
     def describe(self) -> str:
-        return f"{self.height}x{self.width}x{self.coils} at R {self.acceleration:.3g}"
+        frames = f" x {self.frames} frames" if self.frames > 1 else ""
+        return f"{self.height}x{self.width}x{self.coils}{frames} at R {self.acceleration:.3g}"
 
 
 def scan_shape(kspace: NDArray[Any], mask: NDArray[Any]) -> ScanShape:
@@ -87,11 +95,17 @@ def scan_shape(kspace: NDArray[Any], mask: NDArray[Any]) -> ScanShape:
     )
 
 
+def is_dynamic(manifest: Manifest) -> bool:
+    """Does the bundle reconstruct all frames of a slice at once (``training.dynamic`` true, contract C3)?"""
+    return manifest.training.get("dynamic") is True
+
+
 def describe_manifest(manifest: Manifest) -> str:
     """``"<kx>x<ky>x<coils> at R <rates>"``: what a bundle accepts, for rejection messages."""
     geometry = manifest.geometry
     rates = ", ".join(f"{r:g}" for r in manifest.accelerations)
-    return f"{geometry.kx}x{geometry.ky}x{geometry.coils} at R {rates}"
+    frames = f" x {geometry.frames} frames" if geometry.frames is not None else ""
+    return f"{geometry.kx}x{geometry.ky}x{geometry.coils}{frames} at R {rates}"
 
 
 def rejection(manifest: Manifest, shape: ScanShape) -> str | None:
@@ -139,7 +153,8 @@ def open_session(
 
 def warm_up(session: onnxruntime.InferenceSession, manifest: Manifest) -> float:
     """Run ``session`` once on zero inputs of the manifest geometry; returns the milliseconds it took.
-    :class:`BundleError` when the manifest leaves ``kx`` or ``coils`` open (serving needs both)."""
+    :class:`BundleError` when the manifest leaves ``kx`` or ``coils`` open (serving needs both), or
+    ``frames`` for a dynamic bundle."""
     geometry = manifest.geometry
     if geometry.kx is None or geometry.coils is None:
         raise BundleError(
@@ -151,6 +166,11 @@ def warm_up(session: onnxruntime.InferenceSession, manifest: Manifest) -> float:
         "mask": np.zeros((1, 1, 1, geometry.ky, 1), dtype=np.float32),
         "sens": np.zeros(coil_shape, dtype=np.float32),
     }
+    if is_dynamic(manifest):
+        if geometry.frames is None:
+            raise BundleError(f"bundle {manifest.ref}: a dynamic bundle must fix geometry.frames")
+        feeds["masked_kspace"] = np.zeros((1, geometry.frames, *coil_shape[1:]), dtype=np.float32)
+        feeds["mask"] = np.zeros((1, geometry.frames, geometry.ky), dtype=np.float32)
     started = time.perf_counter()
     session.run([OUTPUT_NAME], feeds)
     return (time.perf_counter() - started) * 1000.0
@@ -164,7 +184,8 @@ def to_channels(array: NDArray[np.complexfloating[Any, Any]]) -> NDArray[np.floa
 class OnnxRecon:
     """Per-slice inference of one opened bundle session; thread-safe (ORT ``run`` is).
 
-    ``on_run``, if given, is called with the seconds of every ``session.run``."""
+    Static bundles run once per (slice, frame), dynamic ones (:func:`is_dynamic`) once per slice over all
+    its frames. ``on_run``, if given, is called with the seconds of every ``session.run``."""
 
     def __init__(
         self,
@@ -176,12 +197,24 @@ class OnnxRecon:
         self.session = session
         self.manifest = manifest
         self.on_run = on_run
+        self.dynamic = is_dynamic(manifest)
+
+    def _run(self, feeds: dict[str, NDArray[np.float32]]) -> NDArray[np.float32]:
+        started = time.perf_counter()
+        (image,) = self.session.run([OUTPUT_NAME], feeds)
+        if self.on_run is not None:
+            self.on_run(time.perf_counter() - started)
+        out: NDArray[np.float32] = np.asarray(image, dtype=np.float32)[0]
+        return out
 
     def infer_slice(
         self, kspace: NDArray[np.complexfloating[Any, Any]], mask: NDArray[np.bool_], num_acs: int
     ) -> NDArray[np.float32]:
         """One (slice, frame): k-space ``(C, H, W)`` complex (zero off the mask), mask ``(W,)`` bool ->
-        magnitude ``(H, W)`` float32 on the input's scale (``|image| * s``, the bundle contract)."""
+        magnitude ``(H, W)`` float32 on the input's scale (``|image| * s``, the bundle contract).
+        :class:`BundleError` for a dynamic bundle (it needs every frame: :meth:`infer_frames`)."""
+        if self.dynamic:
+            raise BundleError(f"bundle {self.manifest.ref} is dynamic: it reconstructs whole frame series")
         scale = acs_scale(kspace, num_acs)
         sens = acs_sensitivities(kspace, num_acs)
         normalised = kspace / np.complex64(scale)
@@ -190,22 +223,44 @@ class OnnxRecon:
             "mask": mask.astype(np.float32).reshape(1, 1, 1, -1, 1),
             "sens": to_channels(sens)[None],
         }
-        started = time.perf_counter()
-        (image,) = self.session.run([OUTPUT_NAME], feeds)
-        if self.on_run is not None:
-            self.on_run(time.perf_counter() - started)
-        out = np.asarray(image, dtype=np.float32)[0]
-        magnitude: NDArray[np.float32] = (np.hypot(out[..., 0], out[..., 1]) * np.float32(scale)).astype(
-            np.float32
-        )
-        return magnitude
+        return _magnitude(self._run(feeds), scale)
+
+    def infer_frames(
+        self, kspace: NDArray[np.complexfloating[Any, Any]], mask: NDArray[np.bool_], num_acs: int
+    ) -> NDArray[np.float32]:
+        """One slice of a dynamic bundle: k-space ``(T, C, H, W)`` complex (zero off the mask), mask
+        ``(T, W)`` bool -> magnitude ``(T, H, W)`` float32 on the input's scale. Scale and coil maps come
+        from the frame-averaged ACS (contract C3). :class:`BundleError` for a static bundle."""
+        if not self.dynamic:
+            raise BundleError(f"bundle {self.manifest.ref} is static: it reconstructs one frame at a time")
+        calibration = frame_averaged_acs(kspace, num_acs)
+        scale = acs_scale(calibration, num_acs)
+        sens = frame_averaged_acs_sensitivities(kspace, num_acs)
+        feeds = {
+            "masked_kspace": to_channels(kspace / np.complex64(scale))[None],
+            "mask": mask.astype(np.float32)[None],
+            "sens": to_channels(sens)[None],
+        }
+        return _magnitude(self._run(feeds), scale)
 
     def reconstruct(self, kspace: NDArray[Any], mask: NDArray[Any], num_acs: int) -> NDArray[np.float32]:
         """k-space ``(slice, frame, C, H, W)`` complex64 (zero off the mask), mask ``(slice, frame, W)`` bool
-        -> magnitude ``(slice, frame, H, W)`` float32, one inference per (slice, frame)."""
+        -> magnitude ``(slice, frame, H, W)`` float32, one inference per (slice, frame) (dynamic bundles:
+        per slice)."""
         slices, frames, _coils, height, width = kspace.shape
         images = np.empty((slices, frames, height, width), dtype=np.float32)
         for s in range(slices):
+            if self.dynamic:
+                images[s] = self.infer_frames(kspace[s], mask[s], num_acs)
+                continue
             for f in range(frames):
                 images[s, f] = self.infer_slice(kspace[s, f], mask[s, f], num_acs)
         return images
+
+
+def _magnitude(image: NDArray[np.float32], scale: float) -> NDArray[np.float32]:
+    """``|image| * scale`` of a real/imag-last graph output ``(..., 2)`` -> ``(...)`` float32."""
+    magnitude: NDArray[np.float32] = (np.hypot(image[..., 0], image[..., 1]) * np.float32(scale)).astype(
+        np.float32
+    )
+    return magnitude

@@ -171,8 +171,9 @@ class LearnedCatalogue:
         return any(s.ref.split("/", 1)[0] == name for s in self.statuses)
 
     def best(self, shape: ScanShape) -> tuple[LearnedModel | None, list[str]]:
-        """The best model accepting ``shape`` (highest validation SSIM, else the newest ``created``), and
-        the rejection reasons of the others."""
+        """The best model accepting ``shape``, and the rejection reasons of the others. A bundle whose
+        geometry fixes the scan's frame count (a dynamic cine bundle on a cine scan) ranks above
+        frame-agnostic ones; then the highest validation SSIM, else the newest ``created``."""
         reasons: list[str] = []
         fitting: list[LearnedModel] = []
         for model in self.models:
@@ -184,9 +185,14 @@ class LearnedCatalogue:
         if not fitting:
             return None, reasons
 
-        def rank(model: LearnedModel) -> tuple[int, float, float]:
+        def rank(model: LearnedModel) -> tuple[bool, bool, float, float]:
             ssim = model.ssim()
-            return (ssim is not None, ssim if ssim is not None else 0.0, model.manifest.created.timestamp())
+            return (
+                model.manifest.geometry.frames == shape.frames,
+                ssim is not None,
+                ssim if ssim is not None else 0.0,
+                model.manifest.created.timestamp(),
+            )
 
         return max(fitting, key=rank), reasons
 
