@@ -43,8 +43,7 @@ from kadapt.trainer.ads_data import (
 )
 from kadapt.trainer.ads_model import AdsTrainingModel, FramePattern, build_recon, training_step_loss
 from kadapt.trainer.config import build_loss
-from kadapt.trainer.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, mean_metric, validation_key
-from kadapt.trainer.loop import _load as load_checkpoint
+from kadapt.trainer.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, mean_metric, validation_key
 from kadapt.trainer.loop import _progress as progress_bar
 from kadapt.trainer.warm_start import warm_start
 

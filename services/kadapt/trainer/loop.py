@@ -174,7 +174,8 @@ def training_loss(
     return terms["total"], terms
 
 
-def _load(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A trainer checkpoint (tensors on the CPU, ``weights_only``); InvalidStateError when missing."""
     if not path.is_file():
         raise InvalidStateError(f"no checkpoint at {path} to resume from")
     checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
@@ -268,7 +269,7 @@ def _train(
     best_metrics: dict[str, dict[str, float]] = {}
     init_record = warm_start(model, config.init_from, load=not config.resume) if config.init_from else None
     if config.resume:
-        checkpoint = _load(last_path)
+        checkpoint = load_checkpoint(last_path)
         if checkpoint["model_kind"] != config.model:
             raise InvalidInputError(
                 f"{last_path} holds a {checkpoint['model_kind']!r} model, not {config.model!r}"
@@ -368,7 +369,7 @@ def _train(
             writer.close()
     summary: tuple[Bundle, int, float, dict[str, dict[str, float]]] | None = None
     if context.is_main:
-        best = _load(best_path)
+        best = load_checkpoint(best_path)
         model.load_state_dict(best["model"])
         example_item = val_set.slices[0]
         first_mask = next(iter(fixed_masks.values()))  # (W,) or a policy's (val slices, W)

@@ -24,8 +24,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +42,7 @@ from kadapt.masks import make_mask
 from kadapt.nn.mnet import MNet, MNetGeometry
 from kadapt.nn.mnet_bundle import export_mnet_bundle
 from kadapt.trainer.data import PreparedSlice, SliceDataset, check_budgets, default_num_acs
+from kadapt.trainer.loop import load_checkpoint
 from kadapt.trainer.population import (
     LoupeLines,
     energy_density_scores,
@@ -250,14 +249,9 @@ def _learner(config: SamplerTrainConfig, train_set: SliceDataset, recon: nn.Modu
     )  # fmt: skip
 
 
-def _load(path: Path) -> dict[str, Any]:
-    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    return checkpoint
-
-
 def _restore(config: SamplerTrainConfig, learner: SamplerLearner, rng: np.random.Generator) -> _RunState:
     path = config.runs / LAST_CHECKPOINT
-    checkpoint = _load(path)
+    checkpoint = load_checkpoint(path)
     if checkpoint["method"] != config.method or bool(checkpoint["co_trained"]) != config.co_trained:
         raise InvalidInputError(
             f"{path} holds a {checkpoint['method']!r} run (co-trained recon {checkpoint['co_trained']}), "
@@ -352,7 +346,7 @@ def _learn(run: _Run, recon: nn.Module) -> tuple[Bundle, int, _RunState]:
             last_path,
         )  # fmt: skip
         run.progress.update(task, status=f"epoch {epoch} val SSIM {score:.4f} (best {state.best_score:.4f})")
-    learner.load_state(_load(best_path)["learner"])
+    learner.load_state(load_checkpoint(best_path)["learner"])
     training: dict[str, JsonValue] = {
         **run.summary(),
         "steps": state.step, "epochs": state.epoch, "best_epoch": state.best_epoch,
