@@ -1,4 +1,4 @@
-"""Export of a ``kadapt train ads`` run (issue 5 contract C3; docs/trainer.md "train ads").
+"""Export of a ``kadapt train ads`` run (docs/dynamic.md C3; docs/trainer.md "train ads").
 
 - The dynamic reconstruction bundle at ``--out`` (kind ``vsharp``, ``training.dynamic = true``):
   ``model.onnx`` with inputs ``masked_kspace (1, T, C, H, W, 2)`` (divided by the ACS scale of the

@@ -117,7 +117,7 @@ def load_cine_split(data: Path, split: Split, limits: tuple[int, int] | None) ->
 
 
 def dataset_num_acs(data: Path) -> int | None:
-    """``num_acs`` of the cine dataset's ``manifest.json`` (contract C1), None when it has none."""
+    """``num_acs`` of the cine dataset's ``manifest.json`` (docs/dynamic.md C1), None when it has none."""
     path = Path(data) / "manifest.json"
     if not path.is_file():
         return None

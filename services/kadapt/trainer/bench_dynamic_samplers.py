@@ -1,6 +1,6 @@
 """The samplers ``kadapt bench dynamic`` compares, each with the reconstruction bundle trained for it.
 
-A sampler is given by bundles (contract C3 of issue 5, docs/benchmarks.md):
+A sampler is given by bundles (docs/dynamic.md C3, docs/benchmarks.md):
 
 - an ``ads`` bundle: the adaptive dynamic sampler of seed 004 (sec. 2.3, Alg. A1-A5), planned
   retrospectively on each test slice with :meth:`kadapt.bundles.ads_runtime.AdsRuntime.plan_all` (every
@@ -163,7 +163,7 @@ def _ads_sampler(bundle: Bundle, path: Path, threads: int, num_acs: int) -> Dyna
     manifest = bundle.manifest
     block = manifest.training.get("ads")
     if not isinstance(block, dict) or not isinstance(block.get("recon"), str):
-        raise BundleError(f"ads bundle {manifest.ref} has no training.ads.recon (contract C3)")
+        raise BundleError(f"ads bundle {manifest.ref} has no training.ads.recon (docs/dynamic.md C3)")
     recon_ref = str(block["recon"])
     name, _, version = recon_ref.partition("/")
     recon_bundle = load_bundle(path.parent.parent, name, version or None)

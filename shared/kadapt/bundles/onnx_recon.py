@@ -11,7 +11,7 @@ benchmark. Per (slice, frame) of k-space ``(C, H, W)`` the graph takes, in order
 
 and returns ``image`` float32 ``(1, H, W, 2)`` on the normalised scale: the magnitude is ``|image| * s``.
 
-Dynamic (cine) bundles -- ``training.dynamic`` true, ``geometry.frames`` T set (issue 5, contract C3) --
+Dynamic (cine) bundles -- ``training.dynamic`` true, ``geometry.frames`` T set (dynamic.md C3) --
 reconstruct all frames of a SLICE in one inference: ``masked_kspace`` ``(1, T, C, H, W, 2)`` divided by
 ``s = acs_scale`` of the frame-averaged ACS, ``mask`` ``(1, T, W)``, ``sens`` ``(1, C, H, W, 2)`` from
 :func:`kadapt.kspace.dynamic.frame_averaged_acs_sensitivities` (static coils; seed 004 sec. 2.4, eq. B1
@@ -96,7 +96,7 @@ def scan_shape(kspace: NDArray[Any], mask: NDArray[Any]) -> ScanShape:
 
 
 def is_dynamic(manifest: Manifest) -> bool:
-    """Does the bundle reconstruct all frames of a slice at once (``training.dynamic`` true, contract C3)?"""
+    """Does the bundle reconstruct all frames of a slice at once (``training.dynamic``, dynamic.md C3)?"""
     return manifest.training.get("dynamic") is True
 
 
@@ -230,7 +230,7 @@ class OnnxRecon:
     ) -> NDArray[np.float32]:
         """One slice of a dynamic bundle: k-space ``(T, C, H, W)`` complex (zero off the mask), mask
         ``(T, W)`` bool -> magnitude ``(T, H, W)`` float32 on the input's scale. Scale and coil maps come
-        from the frame-averaged ACS (contract C3). :class:`BundleError` for a static bundle."""
+        from the frame-averaged ACS (dynamic.md C3). :class:`BundleError` for a static bundle."""
         if not self.dynamic:
             raise BundleError(f"bundle {self.manifest.ref} is static: it reconstructs one frame at a time")
         calibration = frame_averaged_acs(kspace, num_acs)

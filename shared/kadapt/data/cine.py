@@ -1,4 +1,4 @@
-"""Cine data on disk (issue 5, contract C1): the reader, the file listing and the manifest.
+"""Cine data on disk (docs/dynamic.md C1): the reader, the file listing and the manifest.
 
 A cine dataset (built by :func:`kadapt.data.cine_build.build_cine_dataset`, ``kadapt data build
 --frames T``) is laid out like the static one, split by subject::

@@ -1,4 +1,4 @@
-"""``build_cine_dataset``: simulated multi-coil cine volumes (issue 5, contract C1; layout in
+"""``build_cine_dataset``: simulated multi-coil cine volumes (docs/dynamic.md C1; layout in
 :mod:`kadapt.data.cine`).
 
 It reuses the static build's source selection, subject split and volume plan
@@ -137,7 +137,7 @@ def build_cine_dataset(
 ) -> CineManifest:
     """Simulate ``n_volumes`` cine volumes of k-space ``(slices_per_volume, frames, coils, size, size)``.
 
-    ``num_acs`` is the centred ACS block flagged in every frame of the MRD files (contract C1: 4 lines,
+    ``num_acs`` is the centred ACS block flagged in every frame of the MRD files (docs/dynamic.md C1: 4 lines,
     seed 004's 4 % of 96). ``progress(done, total, record)`` is called after each volume; ``sources``
     restricts the anatomy (default: every installed source fine enough for ``size``). An existing dataset
     in ``out`` raises InvalidStateError unless ``overwrite``. Returns the written manifest.

@@ -8,7 +8,7 @@ multiplies by static birdcage coil maps and adds coil-correlated noise to every 
 
 Axes: k-space ``(slices, frames, coils, H, W)`` — fastMRI's layout with ``frame`` before ``coil``
 (architecture.md sec. 3), readout (kx) along H, phase encode (ky) along W. The target is the RSS of the
-fully sampled, noisy k-space, as a user with scanner data would have it (contract C1 of issue 5).
+fully sampled, noisy k-space, as a user with scanner data would have it (docs/dynamic.md C1).
 """
 
 from __future__ import annotations

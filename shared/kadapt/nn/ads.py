@@ -2,7 +2,7 @@
 for cine MRI.
 
 Cascade ``k`` sees the zero-filled SENSE image of the data acquired so far (``image (B, T, H, W, 2)``, the
-ACS-estimated maps of the frame-averaged ACS, contract C2) and the mask acquired so far, and scores every
+ACS-estimated maps of the frame-averaged ACS, dynamic.md C2) and the mask acquired so far, and scores every
 not-yet-acquired line. Each cascade is an encoder and an MLP (section 2.3):
 
 - encoder: ``num_pool_layers`` (l_enc = 3) scales of one 3D conv 3x3x3 + InstanceNorm3d + ReLU, max-pooling
@@ -109,7 +109,7 @@ class ADSCascade(nn.Module):
 
 
 class ADSSampler(nn.Module):
-    """ADS with ``cascades`` (N) cascades for cine stacks ``frames`` x ``height`` x ``width`` (contract C2).
+    """ADS with ``cascades`` (N) cascades for cine stacks ``frames`` x ``height`` x ``width`` (dynamic.md C2).
 
     Masks are float 0/1: ``(B, T, W)`` (``dim="1d"``, ky lines per frame) or ``(B, T, H, W)`` (``"2d"``).
     ``chans`` is the encoder's first width (doubled per scale), ``num_pool_layers`` its scales (l_enc),

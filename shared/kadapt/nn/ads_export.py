@@ -1,4 +1,4 @@
-"""ONNX export of the ADS cascade steps (contract C2): one file per cascade, ``cascade-k.onnx``.
+"""ONNX export of the ADS cascade steps (docs/dynamic.md C2): one file per cascade, ``cascade-k.onnx``.
 
 Each file computes :meth:`kadapt.nn.ads.ADSSampler.step_scores` for one cascade: inputs ``image`` float32
 ``(1, T, H, W, 2)`` (the zero-filled SENSE image so far, any scale: the graph divides by its mean magnitude)

@@ -7,7 +7,7 @@ consistency per frame (``A^H A x - A^H y``, :func:`kadapt.nn.physics_dynamic.dyn
 fast path for line masks), dual ascent on ``u``. The Lagrange-multiplier initializer ``u_0 = G_psi(x_0)``
 is vSHARP's 2D dilated-conv stack applied frame by frame (frames folded into the batch).
 
-Layout (contract C2): masked k-space ``(B, T, C, H, W, 2)``, mask ``(B, T, W)`` or ``(B, T, H, W)`` float
+Layout (dynamic.md C2): masked k-space ``(B, T, C, H, W, 2)``, mask ``(B, T, W)`` or ``(B, T, H, W)`` float
 0/1, static sens ``(B, C, H, W, 2)``, images ``(B, T, H, W, 2)``. ``normalise`` divides by the standard
 deviation of ``A^H y`` per item and scales every output back. The SMP wraps it unchanged:
 ``kadapt.nn.smp.SensitivityRefinedRecon(VSharpDynamic(...), SensitivityMapPredictor(...))`` refines the
