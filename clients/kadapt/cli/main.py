@@ -223,6 +223,10 @@ def replay(
     R: Annotated[list[float], typer.Option("--R", help="acceleration (repeatable)")] = [4.0],  # noqa: B006
     num_acs: Annotated[int | None, typer.Option(help="ACS lines (default: fastMRI's 0.32 W / R)")] = None,
     deadline_ms: Annotated[float, typer.Option(help="plan deadline")] = 200.0,
+    fallback: Annotated[
+        str | None,
+        typer.Option(help="fixed policy when the sampler is late (default vd-random; cine: kt-equispaced)"),
+    ] = None,
     tr_ms: Annotated[float, typer.Option(help="pace readouts by this repetition time")] = 0.0,
     models: Annotated[Path, typer.Option(help="model repository (embedded)")] = Path("models"),
     token: Annotated[
@@ -238,7 +242,13 @@ def replay(
         if not path.is_file():
             raise fail(FileNotFoundError(f"no such file: {path}"))
     settings = ReplaySettings(
-        policies=policy, recons=recon, accelerations=R, num_acs=num_acs, deadline_ms=deadline_ms, tr_ms=tr_ms
+        policies=policy,
+        recons=recon,
+        accelerations=R,
+        num_acs=num_acs,
+        deadline_ms=deadline_ms,
+        tr_ms=tr_ms,
+        fallback=fallback,
     )
     try:
         rows = asyncio.run(_replay(paths, settings, out, gateway, models, token))

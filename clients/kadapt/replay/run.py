@@ -30,11 +30,18 @@ class ReplaySettings:
     accelerations: Sequence[float]
     num_acs: int | None = None
     deadline_ms: float = 200.0
-    fallback: str = "vd-random"
+    fallback: str | None = None  # None: vd-random for single-frame scans, kt-equispaced for cine
     tr_ms: float = 0.0
     shot_lines: int = 32
     seed: int = 0
     figures: bool = True
+
+
+def default_fallback(frames: int) -> str:
+    """The fixed policy served when the sampler is late: ``vd-random``, or for cine scans (``frames`` > 1)
+    ``kt-equispaced``, which interleaves the lines of consecutive frames as the ADS policy's own fallback
+    does (a 1d family would repeat the same lines in every frame)."""
+    return "kt-equispaced" if frames > 1 else "vd-random"
 
 
 def score(scan: ReplayScan, images: np.ndarray) -> dict[str, float]:
@@ -70,7 +77,7 @@ async def replay_files(
                         acceleration=float(R),
                         num_acs=num_acs,
                         plan_deadline_ms=settings.deadline_ms,
-                        fallback=settings.fallback,
+                        fallback=settings.fallback or default_fallback(scan.info.frames),
                         recon=recon,
                         outputs=("npy",),
                         seed=settings.seed,

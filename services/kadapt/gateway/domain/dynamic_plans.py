@@ -81,7 +81,8 @@ def sense_image_npy(kspace_files: KspaceFiles, session: ScanSession, context: Pl
     for frame in range(geometry.frames):
         mask[frame, list(context.frame_acquired(frame))] = True
     stored = kspace_files.open(session.scan_id)[geometry.slices // 2]  # (frame, W, coil, H), line-major
-    kspace: NDArray[np.complex64] = np.ascontiguousarray(np.moveaxis(stored, 1, -1), dtype=np.complex64)
+    # A (frame, coil, H, W) view: sense_image_so_far reads only the acquired columns of it.
+    kspace: NDArray[np.complex64] = np.moveaxis(stored, 1, -1)
     try:
         image = sense_image_so_far(kspace, mask, session.policy.num_acs)
     except KadaptError as error:
