@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -199,6 +200,80 @@ def count_splits(volumes: Sequence[VolumeRecord]) -> dict[Split, SplitCount]:
     }
 
 
+class SimulatedSummary(Protocol):
+    """What a volume record reads from a simulation (static and cine simulations both have it)."""
+
+    @property
+    def contrast(self) -> str: ...
+    @property
+    def orientation(self) -> str: ...
+    @property
+    def snr(self) -> float: ...
+    @property
+    def noise_std(self) -> float: ...
+    @property
+    def fov_mm(self) -> float: ...
+    @property
+    def slice_spacing_mm(self) -> float: ...
+
+
+def write_test_mrd(
+    out: Path,
+    planned: PlannedVolume,
+    kspace: NDArray[np.complex64],
+    num_acs: int,
+    oversampling: int,
+    fov: tuple[float, float, float],
+) -> str | None:
+    """For a test volume, write ``kspace`` ``(slices, frames, coils, H, W)`` as an MRD raw file under
+    ``test_mrd/`` (readout oversampled by ``oversampling``, the ACS flagged in every frame) and return
+    its path relative to ``out``; None for other splits."""
+    if planned.split != "test":
+        return None
+    mrd_file = f"test_mrd/{planned.name}.mrd.h5"
+    slices, frames, coils, height, width = kspace.shape
+    batch = kspace_to_acquisitions(kspace, num_acs=num_acs, readout_oversampling=oversampling)
+    mrd_header = make_header(
+        readout=height * oversampling,
+        width=width,
+        recon_readout=height,
+        slices=slices,
+        frames=frames,
+        coils=coils,
+        fov_mm=fov,
+    )
+    write_mrd(out / mrd_file, mrd_header, batch)
+    return mrd_file
+
+
+def volume_record(
+    planned: PlannedVolume,
+    file: str,
+    sim: SimulatedSummary,
+    shape: tuple[int, ...],
+    mrd_file: str | None,
+) -> VolumeRecord:
+    """The manifest record of a written volume; ``shape`` is its k-space's ``(slices, ..., coils, H, W)``."""
+    return VolumeRecord(
+        name=planned.name,
+        file=file,
+        split=planned.split,
+        subject=planned.source.subject,
+        source=planned.source.name,
+        slices=shape[0],
+        height=shape[-2],
+        width=shape[-1],
+        coils=shape[-3],
+        contrast=sim.contrast,
+        orientation=sim.orientation,
+        snr=sim.snr,
+        noise_std=sim.noise_std,
+        fov_mm=sim.fov_mm,
+        slice_spacing_mm=sim.slice_spacing_mm,
+        mrd_file=mrd_file,
+    )
+
+
 def _write_volume(
     out: Path,
     planned: PlannedVolume,
@@ -238,39 +313,8 @@ def _write_volume(
     )
     file = f"{planned.split}/{planned.name}.h5"
     write_fastmri(out / file, volume)
-    mrd_file = None
-    if planned.split == "test":
-        mrd_file = f"test_mrd/{planned.name}.mrd.h5"
-        batch = kspace_to_acquisitions(
-            sim.kspace[:, np.newaxis], num_acs=num_acs, readout_oversampling=oversampling
-        )
-        mrd_header = make_header(
-            readout=height * oversampling,
-            width=width,
-            recon_readout=height,
-            slices=slices,
-            coils=coils,
-            fov_mm=fov,
-        )
-        write_mrd(out / mrd_file, mrd_header, batch)
-    return VolumeRecord(
-        name=planned.name,
-        file=file,
-        split=planned.split,
-        subject=planned.source.subject,
-        source=planned.source.name,
-        slices=slices,
-        height=height,
-        width=width,
-        coils=coils,
-        contrast=sim.contrast,
-        orientation=sim.orientation,
-        snr=sim.snr,
-        noise_std=sim.noise_std,
-        fov_mm=sim.fov_mm,
-        slice_spacing_mm=sim.slice_spacing_mm,
-        mrd_file=mrd_file,
-    )
+    mrd_file = write_test_mrd(out, planned, sim.kspace[:, np.newaxis], num_acs, oversampling, fov)
+    return volume_record(planned, file, sim, sim.kspace.shape, mrd_file)
 
 
 def prepare_output(out: Path, overwrite: bool) -> None:

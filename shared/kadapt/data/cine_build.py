@@ -29,6 +29,8 @@ from kadapt.data.build import (
     prepare_output,
     select_sources,
     summarise_sources,
+    volume_record,
+    write_test_mrd,
 )
 from kadapt.data.cine import CineManifest, write_cine_manifest
 from kadapt.data.cine_motion import MOTION_MODEL
@@ -36,8 +38,6 @@ from kadapt.data.cine_sim import CineSettings, SimulatedCine, simulate_cine_volu
 from kadapt.data.manifest import VolumeRecord
 from kadapt.data.simulator import SimulationSettings
 from kadapt.errors import InvalidInputError
-from kadapt.mrd.assemble import kspace_to_acquisitions
-from kadapt.mrd.files import write_mrd
 from kadapt.mrd.header import make_header
 
 DEFAULT_CINE_VOLUMES = 18  # 12 train, 2 val, 4 test with plan_volumes' fractions (48 / 8 / 16 slices)
@@ -86,38 +86,8 @@ def _write_cine(
         handle.create_dataset("noise_covariance", data=sim.noise_covariance)
         for name, value in attrs.items():
             handle.attrs[name] = value
-    mrd_file = None
-    if planned.split == "test":
-        mrd_file = f"test_mrd/{planned.name}.mrd.h5"
-        batch = kspace_to_acquisitions(sim.kspace, num_acs=num_acs, readout_oversampling=oversampling)
-        mrd_header = make_header(
-            readout=height * oversampling,
-            width=width,
-            recon_readout=height,
-            slices=slices,
-            frames=frames,
-            coils=coils,
-            fov_mm=fov,
-        )
-        write_mrd(out / mrd_file, mrd_header, batch)
-    return VolumeRecord(
-        name=planned.name,
-        file=file,
-        split=planned.split,
-        subject=planned.source.subject,
-        source=planned.source.name,
-        slices=slices,
-        height=height,
-        width=width,
-        coils=coils,
-        contrast=sim.contrast,
-        orientation=sim.orientation,
-        snr=sim.snr,
-        noise_std=sim.noise_std,
-        fov_mm=sim.fov_mm,
-        slice_spacing_mm=sim.slice_spacing_mm,
-        mrd_file=mrd_file,
-    )
+    mrd_file = write_test_mrd(out, planned, sim.kspace, num_acs, oversampling, fov)
+    return volume_record(planned, file, sim, sim.kspace.shape, mrd_file)
 
 
 def build_cine_dataset(
