@@ -33,7 +33,8 @@ from kadapt.errors import (
     NonFiniteDataError,
     UnknownReconMethodError,
 )
-from kadapt.kspace.coils import acs_sensitivities, espirit_maps, rss, sense_combine
+from kadapt.kspace.coils import acs_sensitivities, rss, sense_combine
+from kadapt.kspace.espirit import espirit_maps
 from kadapt.kspace.fft import ifft2c
 from kadapt.kspace.preprocess import acs_scale, acs_start
 

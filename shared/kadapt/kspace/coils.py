@@ -1,4 +1,5 @@
-"""Coil combination, sensitivity estimation and coil compression (numpy; ESPIRiT through sigpy).
+"""Coil combination, sensitivity estimation and coil compression (numpy; ESPIRiT maps, which need sigpy,
+are in :mod:`kadapt.kspace.espirit`, so the gateway and sampler can import this module).
 
 Layout: coil images / k-space ``(..., coil, H, W)`` (fastMRI's), readout kx along H, phase encode ky
 along W; sensitivity maps ``(coil, H, W)`` complex64. Maps are normalised so that ``sum_c |S_c|^2 = 1``
@@ -24,7 +25,7 @@ RealArray = NDArray[np.floating[Any]]
 SENSE_EPS = 1e-8
 
 
-def _require_coil_kspace(kspace: ComplexArray, name: str) -> None:
+def require_coil_kspace(kspace: ComplexArray, name: str) -> None:
     if kspace.ndim != 3:
         raise InvalidInputError(f"{name} needs k-space of shape (coil, H, W), got shape {kspace.shape}")
     if not np.iscomplexobj(kspace):
@@ -58,7 +59,7 @@ def acs_sensitivities(kspace: ComplexArray, num_acs: int, relative_threshold: fl
     The readout is fully sampled in the block, so it keeps full resolution and needs no taper. Pixels
     whose RSS is below ``relative_threshold * max(RSS)`` are background: their maps are zero.
     """
-    _require_coil_kspace(kspace, "acs_sensitivities")
+    require_coil_kspace(kspace, "acs_sensitivities")
     if not 0.0 <= relative_threshold < 1.0:
         raise InvalidInputError(f"relative_threshold must lie in [0, 1), got {relative_threshold}")
     width = kspace.shape[-1]
@@ -74,49 +75,6 @@ def acs_sensitivities(kspace: ComplexArray, num_acs: int, relative_threshold: fl
     maps = np.zeros_like(coil_images, dtype=np.complex64)
     maps[:, support] = coil_images[:, support] / combined[support]
     return maps
-
-
-def espirit_maps(
-    kspace: ComplexArray,
-    num_acs: int,
-    kernel_width: int = 6,
-    threshold: float = 0.02,
-    crop: float = 0.95,
-    power_iterations: int = 30,
-) -> ComplexArray:
-    """ESPIRiT coil maps (one set, sigpy's ``EspiritCalib``): k-space ``(coil, H, W)`` -> ``(coil, H, W)``.
-
-    Calibrates on the centred ``num_acs x num_acs`` block (sigpy crops the same centre as
-    ``acs_start``), keeps kernels whose singular value exceeds ``threshold * max`` and zeroes pixels
-    whose eigenvalue is below ``crop`` (Uecker et al. 2014). Phase is relative to coil 0. complex64 out.
-    ``power_iterations``: sigpy's default of 100 gives the same maps as 30 to 1e-6 on 128x128x8 coils
-    at twice the cost.
-    """
-    _require_coil_kspace(kspace, "espirit_maps")
-    # sigpy's calibration block is square; it must fit along both H and W.
-    if not 1 <= num_acs <= min(kspace.shape[-2:]):
-        raise InvalidInputError(
-            f"num_acs={num_acs} must lie in [1, {min(kspace.shape[-2:])}] for {kspace.shape}"
-        )
-    if not 1 <= kernel_width <= num_acs:
-        raise InvalidInputError(f"kernel_width={kernel_width} must lie in [1, num_acs={num_acs}]")
-    # Imported here: sigpy pulls in numba / its own FFT set-up, which only callers of ESPIRiT should pay.
-    from sigpy.mri.app import EspiritCalib
-
-    calibration = EspiritCalib(
-        np.ascontiguousarray(kspace, dtype=np.complex64),
-        calib_width=num_acs,
-        thresh=threshold,
-        kernel_width=kernel_width,
-        crop=crop,
-        max_iter=power_iterations,
-        show_pbar=False,
-    )
-    # sigpy normalises the phase by coil 0 (x / |x|), which divides by zero where coil 0 is exactly zero;
-    # those pixels are cropped anyway, so silence the warning and clear the NaNs.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        maps = np.asarray(calibration.run(), dtype=np.complex64)
-    return np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def sense_combine(images: ComplexArray, maps: ComplexArray) -> ComplexArray:

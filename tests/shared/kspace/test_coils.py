@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from kadapt.errors import InvalidAccelerationError, InvalidInputError
-from kadapt.kspace.coils import acs_sensitivities, coil_compress, espirit_maps, rss, sense_combine
+from kadapt.kspace.coils import acs_sensitivities, coil_compress, rss, sense_combine
+from kadapt.kspace.espirit import espirit_maps
 from kadapt.kspace.fft import ifft2c
 
 
