@@ -42,15 +42,14 @@ from kadapt.bundles import Bundle
 from kadapt.bundles.ads_runtime import ADS_KIND, AdsRuntime
 from kadapt.errors import (
     BundleError,
-    GeometryMismatchError,
-    InvalidAccelerationError,
     InvalidInputError,
     KadaptError,
     NonFiniteDataError,
 )
 from kadapt.masks import acs_mask
 from kadapt.sampler.domain.mnet import decode_acs, wall_clock_ms
-from kadapt.sampler.domain.policies import PlannedLines, Policy, PolicyInfo, check_deadline, fixed_lines
+from kadapt.sampler.domain.model_policy import ModelPolicy
+from kadapt.sampler.domain.policies import PlannedLines, Policy, PolicyInfo, fixed_lines
 from kadapt.schemas import PlanRequest
 
 logger = logging.getLogger("kadapt.sampler")
@@ -72,7 +71,7 @@ class AdsServing:
     open_runtime: Callable[[Bundle, int], AdsRuntime] = AdsRuntime.open
 
 
-class AdsBundlePolicy:
+class AdsBundlePolicy(ModelPolicy):
     """One ``ads`` bundle served under its name (see the module docstring for rounds and fallbacks)."""
 
     def __init__(
@@ -85,11 +84,8 @@ class AdsBundlePolicy:
         clock_ms: Callable[[], float] = wall_clock_ms,
     ) -> None:
         manifest = runtime.manifest
+        super().__init__(fallback, last_resort=last_resort, margin_ms=margin_ms, clock_ms=clock_ms)
         self.runtime = runtime
-        self.fallback = fallback
-        self.last_resort = last_resort
-        self.margin_ms = margin_ms
-        self._clock_ms = clock_ms
         self._num_acs = manifest.num_acs
         self._info = PolicyInfo(
             name=manifest.name,
@@ -106,18 +102,6 @@ class AdsBundlePolicy:
             accelerations=manifest.accelerations,
             cascades=runtime.cascades,
         )
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def info(self) -> PolicyInfo:
-        return self._info
-
-    @property
-    def fallback_margin_ms(self) -> float:
-        return self.margin_ms
 
     def plan(self, request: PlanRequest, now_ms: float) -> PlannedLines:
         """Round ``request.round``'s plan (per frame, exactly that round's budget) from the cascade's
@@ -140,11 +124,9 @@ class AdsBundlePolicy:
             image = self._image(request)
         except ValueError as err:
             return self.fallback_plan(request, "image-invalid", str(err))
-        check_deadline(request, "inference", self._clock_ms())
-        if self._clock_ms() >= request.deadline_unix_ms - self.margin_ms:
-            return self.fallback_plan(
-                request, "model-late", f"less than {self.margin_ms} ms left for inference"
-            )
+        late = self.late_to_start(request)
+        if late is not None:
+            return late
         started = self._clock_ms()
         try:
             mask = runtime.plan_round(image, fixed, request.round, request.acceleration, request.num_acs)
@@ -153,38 +135,12 @@ class AdsBundlePolicy:
         except BundleError as err:
             logger.warning("ads %s: inference failed: %s", self._info.served_by, err.detail)
             return self.fallback_plan(request, "model-error", err.detail)
-        finished = self._clock_ms()
-        if finished >= request.deadline_unix_ms - self.margin_ms:
-            return self.fallback_plan(
-                request,
-                "model-late",
-                f"inference took {finished - started:.1f} ms, ending past the deadline budget",
-            )
+        late = self.late_after(request, started)
+        if late is not None:
+            return late
         frame_lines = tuple(tuple(int(ky) for ky in np.flatnonzero(row)) for row in mask)
         return PlannedLines(
             lines=frame_lines[0], frame_lines=frame_lines, final=request.round == runtime.cascades - 1
-        )
-
-    def fallback_plan(self, request: PlanRequest, reason: str, detail: str) -> PlannedLines:
-        """The fallback's complete plan for ``request`` (every acquired line of every frame kept, exactly
-        ``round(W / R)`` per frame), degraded with ``reason`` (a slug) and ``detail``; final."""
-        policy = self.fallback
-        try:
-            planned = policy.plan(request, self._clock_ms())
-        except (GeometryMismatchError, InvalidAccelerationError) as err:
-            if policy is self.last_resort:
-                raise
-            detail = f"{detail}; fallback {policy.name!r} refused the scan ({err.detail})"
-            policy = self.last_resort
-            planned = policy.plan(request, self._clock_ms())
-        frame_lines = planned.frame_lines or tuple(planned.lines for _ in range(request.frames))
-        return PlannedLines(
-            lines=frame_lines[0],
-            frame_lines=frame_lines,
-            degraded=True,
-            reason=f"{reason}: {detail}; served {policy.info.served_by}",
-            fallback=reason,
-            served_by=policy.info.served_by,
         )
 
     def warmup_request(self, now_ms: float) -> PlanRequest:

@@ -44,10 +44,11 @@ from kadapt.bundles import Bundle
 from kadapt.bundles.sampler_masks import MNET_INPUT_NAME as INPUT_NAME
 from kadapt.bundles.sampler_masks import MNET_OUTPUT_NAME as OUTPUT_NAME
 from kadapt.bundles.sampler_masks import open_sampler_session
-from kadapt.errors import BundleError, GeometryMismatchError, InvalidAccelerationError, KadaptError
+from kadapt.errors import BundleError, KadaptError
 from kadapt.masks import line_budget
 from kadapt.masks.mechanics import topk_plan
-from kadapt.sampler.domain.policies import PlannedLines, Policy, PolicyInfo, check_deadline, fixed_lines
+from kadapt.sampler.domain.model_policy import ModelPolicy
+from kadapt.sampler.domain.policies import PlannedLines, Policy, PolicyInfo, fixed_lines
 from kadapt.schemas import PlanRequest
 
 logger = logging.getLogger("kadapt.sampler")
@@ -118,7 +119,7 @@ def decode_acs(npy: bytes) -> NDArray[np.complex64]:
     return np.ascontiguousarray(array, dtype=np.complex64)
 
 
-class MNetBundlePolicy:
+class MNetBundlePolicy(ModelPolicy):
     """One ``mnet`` bundle served under its name (see the module docstring for plans and fallbacks).
 
     ``session`` runs the graph; ``fallback`` serves degraded plans, ``last_resort`` (a mask family) those
@@ -141,12 +142,9 @@ class MNetBundlePolicy:
         geometry = manifest.geometry
         if geometry.kx is None or geometry.coils is None:
             raise BundleError(f"bundle {manifest.ref}: an mnet geometry needs kx and coils, got {geometry}")
+        super().__init__(fallback, last_resort=last_resort, margin_ms=margin_ms, clock_ms=clock_ms)
         self.bundle = bundle
         self.session = session
-        self.fallback = fallback
-        self.last_resort = last_resort
-        self.margin_ms = margin_ms
-        self._clock_ms = clock_ms
         self._width, self._height, self._coils = geometry.ky, geometry.kx, geometry.coils
         self._num_acs = manifest.num_acs
         self._info = PolicyInfo(
@@ -159,18 +157,6 @@ class MNetBundlePolicy:
             width=geometry.ky,
             accelerations=manifest.accelerations,
         )
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def info(self) -> PolicyInfo:
-        return self._info
-
-    @property
-    def fallback_margin_ms(self) -> float:
-        return self.margin_ms
 
     def plan(self, request: PlanRequest, now_ms: float) -> PlannedLines:
         """The top-``round(W / R)`` plan from the model's scores, or the fallback (degraded) when the
@@ -185,44 +171,19 @@ class MNetBundlePolicy:
             acs = self._model_input(request)
         except ValueError as err:
             return self.fallback_plan(request, "acs-invalid", str(err))
-        check_deadline(request, "inference", self._clock_ms())
-        if self._clock_ms() >= request.deadline_unix_ms - self.margin_ms:
-            return self.fallback_plan(
-                request, "model-late", f"less than {self.margin_ms} ms left for inference"
-            )
+        late = self.late_to_start(request)
+        if late is not None:
+            return late
         started = self._clock_ms()
         try:
             scores = self._scores(acs)
         except ValueError as err:
             return self.fallback_plan(request, "model-error", str(err))
-        finished = self._clock_ms()
-        if finished >= request.deadline_unix_ms - self.margin_ms:
-            return self.fallback_plan(
-                request,
-                "model-late",
-                f"inference took {finished - started:.1f} ms, ending past the deadline budget",
-            )
+        late = self.late_after(request, started)
+        if late is not None:
+            return late
         mask = topk_plan(scores[None, :], fixed, budget)[0]
         return PlannedLines(lines=tuple(int(ky) for ky in np.flatnonzero(mask)))
-
-    def fallback_plan(self, request: PlanRequest, reason: str, detail: str) -> PlannedLines:
-        """The fallback's plan for ``request``, degraded with ``reason`` (a slug) and ``detail``."""
-        policy = self.fallback
-        try:
-            planned = policy.plan(request, self._clock_ms())
-        except (GeometryMismatchError, InvalidAccelerationError) as err:
-            if policy is self.last_resort:
-                raise
-            detail = f"{detail}; fallback {policy.name!r} refused the scan ({err.detail})"
-            policy = self.last_resort
-            planned = policy.plan(request, self._clock_ms())
-        return PlannedLines(
-            lines=planned.lines,
-            degraded=True,
-            reason=f"{reason}: {detail}; served {policy.info.served_by}",
-            fallback=reason,
-            served_by=policy.info.served_by,
-        )
 
     def warmup_request(self, now_ms: float) -> PlanRequest:
         """A request at the bundle's geometry and first R with a synthetic ACS block (deterministic)."""
