@@ -200,6 +200,14 @@ def count_splits(volumes: Sequence[VolumeRecord]) -> dict[Split, SplitCount]:
     }
 
 
+def check_minimums(**values: tuple[int, int]) -> None:
+    """``name=(value, minimum)`` pairs of a build's arguments: InvalidInputError naming the first value
+    below its minimum."""
+    for name, (value, minimum) in values.items():
+        if value < minimum:
+            raise InvalidInputError(f"{name}={value} must be >= {minimum}")
+
+
 class SimulatedSummary(Protocol):
     """What a volume record reads from a simulation (static and cine simulations both have it)."""
 
@@ -361,17 +369,14 @@ def build_dataset(
     default to :func:`~kadapt.data.task_sources.task_sources` and must load labelled anatomy; lesions use
     ``lesion_settings`` (default :class:`~kadapt.data.lesions.LesionSettings`); ``tasks.json`` is written.
     """
-    for name, value, minimum in (
-        ("size", size, 32),
-        ("coils", coils, 1),
-        ("slices_per_volume", slices_per_volume, 1),
-        ("n_volumes", n_volumes, 3),
-        ("mrd_readout_oversampling", mrd_readout_oversampling, 1),
-    ):
-        if value < minimum:
-            raise InvalidInputError(f"{name}={value} must be >= {minimum}")
-    if seed < 0:
-        raise InvalidInputError(f"seed={seed} must be >= 0")
+    check_minimums(
+        size=(size, 32),
+        coils=(coils, 1),
+        slices_per_volume=(slices_per_volume, 1),
+        n_volumes=(n_volumes, 3),
+        mrd_readout_oversampling=(mrd_readout_oversampling, 1),
+        seed=(seed, 0),
+    )
     acs = max(8, size // 8) if num_acs is None else num_acs
     if not 1 <= acs <= size:
         raise InvalidInputError(f"num_acs={acs} must be within 1..size={size}")

@@ -26,9 +26,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import ValidationError
 
-from kadapt.data.manifest import MANIFEST_NAME, SPLITS, DatasetManifest, Split
+from kadapt.data.manifest import SPLITS, DatasetManifest, Split, read_manifest_as
 from kadapt.errors import GeometryMismatchError, InvalidInputError, NotFoundError
 
 
@@ -128,21 +127,6 @@ def list_cine(root: str | Path, split: Split) -> list[Path]:
     return sorted(folder.glob("*.h5"))
 
 
-def write_cine_manifest(folder: Path, manifest: CineManifest) -> Path:
-    """Write ``folder/manifest.json`` (indented JSON) and return its path."""
-    path = folder / MANIFEST_NAME
-    path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return path
-
-
 def load_cine_manifest(path: str | Path) -> CineManifest:
     """Read a cine dataset's manifest from ``path`` (the ``manifest.json`` file or the dataset folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise NotFoundError(f"no dataset manifest at {path}")
-    try:
-        return CineManifest.model_validate_json(path.read_text(encoding="utf-8"))
-    except ValidationError as error:
-        raise InvalidInputError(f"{path} is not a valid cine dataset manifest: {error}") from error
+    return read_manifest_as(path, CineManifest, "cine dataset manifest")

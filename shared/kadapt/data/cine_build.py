@@ -23,6 +23,7 @@ import numpy as np
 from kadapt.data.anatomy import AnatomySource
 from kadapt.data.build import (
     PlannedVolume,
+    check_minimums,
     code_version,
     count_splits,
     plan_volumes,
@@ -32,10 +33,10 @@ from kadapt.data.build import (
     volume_record,
     write_test_mrd,
 )
-from kadapt.data.cine import CineManifest, write_cine_manifest
+from kadapt.data.cine import CineManifest
 from kadapt.data.cine_motion import MOTION_MODEL
 from kadapt.data.cine_sim import CineSettings, SimulatedCine, simulate_cine_volume
-from kadapt.data.manifest import VolumeRecord
+from kadapt.data.manifest import VolumeRecord, write_manifest
 from kadapt.data.simulator import SimulationSettings
 from kadapt.errors import InvalidInputError
 from kadapt.mrd.header import make_header
@@ -112,18 +113,15 @@ def build_cine_dataset(
     restricts the anatomy (default: every installed source fine enough for ``size``). An existing dataset
     in ``out`` raises InvalidStateError unless ``overwrite``. Returns the written manifest.
     """
-    for name, value, minimum in (
-        ("frames", frames, 2),
-        ("size", size, 32),
-        ("coils", coils, 1),
-        ("slices_per_volume", slices_per_volume, 1),
-        ("n_volumes", n_volumes, 3),
-        ("mrd_readout_oversampling", mrd_readout_oversampling, 1),
-    ):
-        if value < minimum:
-            raise InvalidInputError(f"{name}={value} must be >= {minimum}")
-    if seed < 0:
-        raise InvalidInputError(f"seed={seed} must be >= 0")
+    check_minimums(
+        frames=(frames, 2),
+        size=(size, 32),
+        coils=(coils, 1),
+        slices_per_volume=(slices_per_volume, 1),
+        n_volumes=(n_volumes, 3),
+        mrd_readout_oversampling=(mrd_readout_oversampling, 1),
+        seed=(seed, 0),
+    )
     if not 1 <= num_acs <= size:
         raise InvalidInputError(f"num_acs={num_acs} must be within 1..size={size}")
     used, skipped = select_sources(size, sources)
@@ -167,5 +165,5 @@ def build_cine_dataset(
         num_acs=num_acs,
         motion_model=MOTION_MODEL,
     )
-    write_cine_manifest(out, manifest)
+    write_manifest(out, manifest)
     return manifest

@@ -7,13 +7,15 @@ dataset can be moved or mounted elsewhere. Strict pydantic models: unknown field
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kadapt.errors import InvalidInputError, NotFoundError
 
 MANIFEST_NAME = "manifest.json"
+
+M = TypeVar("M", bound=BaseModel)
 FORMAT_VERSION = 1
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -92,21 +94,28 @@ class DatasetManifest(_ManifestModel):
         return [volume for volume in self.volumes if volume.split == split]
 
 
-def write_manifest(folder: Path, manifest: DatasetManifest) -> Path:
-    """Write ``folder/manifest.json`` (indented JSON) and return its path."""
+def write_manifest(folder: Path, manifest: BaseModel) -> Path:
+    """Write ``folder/manifest.json`` (indented JSON; a static or cine dataset manifest) and return its
+    path."""
     path = folder / MANIFEST_NAME
     path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return path
 
 
-def load_manifest(path: str | Path) -> DatasetManifest:
-    """Read a dataset manifest from ``path`` (the ``manifest.json`` file or the dataset folder)."""
+def read_manifest_as(path: str | Path, model: type[M], what: str) -> M:
+    """Read ``path`` (the ``manifest.json`` file or the dataset folder) as ``model``; NotFoundError when
+    it is absent, InvalidInputError naming ``what`` when it does not validate."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise NotFoundError(f"no dataset manifest at {path}")
     try:
-        return DatasetManifest.model_validate_json(path.read_text(encoding="utf-8"))
+        return model.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as error:
-        raise InvalidInputError(f"{path} is not a valid dataset manifest: {error}") from error
+        raise InvalidInputError(f"{path} is not a valid {what}: {error}") from error
+
+
+def load_manifest(path: str | Path) -> DatasetManifest:
+    """Read a dataset manifest from ``path`` (the ``manifest.json`` file or the dataset folder)."""
+    return read_manifest_as(path, DatasetManifest, "dataset manifest")

@@ -171,26 +171,9 @@ class AdsBundlePolicy(ModelPolicy):
     def _refusal(self, request: PlanRequest) -> tuple[str, str] | None:
         runtime = self.runtime
         wanted = {"W": runtime.width, "H": runtime.height, "frames": runtime.frames, "num_acs": self._num_acs}
-        given = {
-            "W": request.width,
-            "H": request.height,
-            "frames": request.frames,
-            "num_acs": request.num_acs,
-        }
-        wrong = [
-            f"{axis}={given[axis]} (bundle: {wanted[axis]})" for axis in wanted if given[axis] != wanted[axis]
-        ]
-        if wrong:
-            return (
-                "geometry-mismatch",
-                f"{self._info.served_by} serves another geometry: scan has {', '.join(wrong)}",
-            )
-        if not any(np.isclose(request.acceleration, r, rtol=1e-6) for r in self._info.accelerations):
-            return (
-                "acceleration-untrained",
-                f"{self._info.served_by} was trained for R in {list(self._info.accelerations)}, "
-                f"not R={request.acceleration}",
-            )
+        refusal = self.scan_refusal(request, wanted)
+        if refusal is not None:
+            return refusal
         if request.payload != SENSE_IMAGE or not request.has_acs:
             return "image-missing", "the request carries no SENSE image (payload 'sense-image')"
         return None

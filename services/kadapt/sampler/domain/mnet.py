@@ -206,21 +206,9 @@ class MNetBundlePolicy(ModelPolicy):
 
     def _refusal(self, request: PlanRequest) -> tuple[str, str] | None:
         wanted = {"W": self._width, "H": self._height, "coils": self._coils, "num_acs": self._num_acs}
-        given = {"W": request.width, "H": request.height, "coils": request.coils, "num_acs": request.num_acs}
-        wrong = [
-            f"{axis}={given[axis]} (bundle: {wanted[axis]})" for axis in wanted if given[axis] != wanted[axis]
-        ]
-        if wrong:
-            return (
-                "geometry-mismatch",
-                f"{self._info.served_by} serves another geometry: scan has {', '.join(wrong)}",
-            )
-        if not any(np.isclose(request.acceleration, r, rtol=1e-6) for r in self._info.accelerations):
-            return (
-                "acceleration-untrained",
-                f"{self._info.served_by} was trained for R in {list(self._info.accelerations)}, "
-                f"not R={request.acceleration}",
-            )
+        refusal = self.scan_refusal(request, wanted)
+        if refusal is not None:
+            return refusal
         if not request.has_acs:
             return "acs-missing", "the request carries no ACS k-space (acs_npy_b64 or a binary body)"
         return None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from kadapt.errors import GeometryMismatchError, InvalidAccelerationError
 from kadapt.sampler.domain.policies import PlannedLines, Policy, PolicyInfo, check_deadline
 from kadapt.schemas import PlanRequest
@@ -43,6 +45,34 @@ class ModelPolicy:
     @property
     def fallback_margin_ms(self) -> float:
         return self.margin_ms
+
+    def scan_refusal(self, request: PlanRequest, wanted: dict[str, int]) -> tuple[str, str] | None:
+        """Why the model cannot plan ``request`` -- ``(reason slug, detail)``, None when it can: a scan
+        geometry other than the bundle's (``wanted``, axis -> the bundle's value, compared with the same
+        axes of the request: ``W``, ``H``, ``coils``, ``frames``, ``num_acs``) or an R it was not trained
+        for. The caller serves its fallback for it."""
+        given = {
+            "W": request.width,
+            "H": request.height,
+            "coils": request.coils,
+            "frames": request.frames,
+            "num_acs": request.num_acs,
+        }
+        wrong = [
+            f"{axis}={given[axis]} (bundle: {value})"
+            for axis, value in wanted.items()
+            if given[axis] != value
+        ]
+        if wrong:
+            detail = f"{self._info.served_by} serves another geometry: scan has {', '.join(wrong)}"
+            return "geometry-mismatch", detail
+        if not any(np.isclose(request.acceleration, r, rtol=1e-6) for r in self._info.accelerations):
+            return (
+                "acceleration-untrained",
+                f"{self._info.served_by} was trained for R in {list(self._info.accelerations)}, "
+                f"not R={request.acceleration}",
+            )
+        return None
 
     def late_to_start(self, request: PlanRequest) -> PlannedLines | None:
         """Before inference: ``DeadlineExceededError`` (stage ``inference``) when the deadline has passed,
