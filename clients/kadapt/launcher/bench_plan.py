@@ -8,7 +8,8 @@ coils the simulator makes; R = 8):
 1. an efficient :class:`kadapt.nn.mnet.MNet` with random weights (latency does not depend on them) is
    exported as an ``mnet`` bundle into a temporary repository (parity-checked like any bundle);
 2. the sampler runs as a uvicorn process on that repository (``ProcessStack``; uvloop + httptools when
-   installed), ``ort_threads`` intra-op threads per session; a keep-alive HTTP client posts
+   installed), ``ort_threads`` intra-op threads per session; the gateway's own client
+   (:class:`kadapt.http_client.LeanHTTPClient`, keep-alive, on a uvloop event loop as in the gateway) posts
    ``POST /v1/plan`` with the scan's ACS block as the gateway sends it -- the binary
    ``application/x-kadapt-plan`` body (JSON header + raw ``.npy``, :mod:`kadapt.schemas.plan_binary`) --
    and times the round trip: ``mnet_ms_p50`` / ``_p99`` (HTTP, framing, validation, thread hop,
@@ -28,6 +29,7 @@ The machine may be shared; the result records the load average before and after.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import io
@@ -39,13 +41,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime
 import torch
 from rich.console import Console
 
 from kadapt.data.build import code_version
+from kadapt.http_client import LeanHTTPClient
 from kadapt.launcher.processes import ProcessStack
 from kadapt.masks import acs_lines
 from kadapt.nn.export import export_onnx
@@ -165,16 +167,18 @@ def export_bench_bundles(repository: Path, generator: torch.Generator) -> dict[s
     return counts
 
 
-def time_served_plans(client: httpx.Client, geometry: MNetGeometry, count: int) -> dict[str, Any]:
+async def time_served_plans(
+    client: LeanHTTPClient, url: str, geometry: MNetGeometry, count: int
+) -> dict[str, Any]:
     """``count`` sequential plans (8 different ACS blocks in turn) after 50 warm-up plans in each
     transport -- binary (``mnet_ms_*``, the gateway's), JSON (``mnet_json_ms_*``) -- then as many
     ``vd-random`` plans without ACS (``http_baseline_ms_*``)."""
     binary_bodies = _binary_bodies(geometry, range(8))
     json_templates = [_request_template(geometry, seed) for seed in range(8)]
-    model = _time_plans(client, binary_bodies, count, "mnet")
-    as_json = _time_plans(client, _json_bodies(json_templates), count, "mnet_json")
+    model = await _time_plans(client, url, binary_bodies, count, "mnet")
+    as_json = await _time_plans(client, url, _json_bodies(json_templates), count, "mnet_json")
     baseline_body = _json_bodies([_request_template(geometry, 0, baseline=True)])
-    baseline = _time_plans(client, baseline_body, count, "http_baseline")
+    baseline = await _time_plans(client, url, baseline_body, count, "http_baseline")
     return {
         **model,
         **{key: value for key, value in as_json.items() if key.startswith("mnet_json")},
@@ -185,14 +189,20 @@ def time_served_plans(client: httpx.Client, geometry: MNetGeometry, count: int) 
     }
 
 
-def _time_plans(client: httpx.Client, bodies: BodyMaker, count: int, prefix: str) -> dict[str, Any]:
+async def _time_plans(
+    client: LeanHTTPClient, url: str, bodies: BodyMaker, count: int, prefix: str
+) -> dict[str, Any]:
+    plan_url = url.rstrip("/") + "/v1/plan"
     round_trips, server, degraded = [], [], 0
     for index in range(50 + count):
         started = time.perf_counter()
         body, content_type = bodies(index)
-        response = client.post("/v1/plan", content=body, headers={"content-type": content_type})
+        response = await client.post(
+            plan_url, content=body, headers={"content-type": content_type}, timeout=30.0
+        )
         elapsed = (time.perf_counter() - started) * 1000.0
-        response.raise_for_status()
+        if response.status_code != 200:
+            raise RuntimeError(f"plan {index} answered {response.status_code}: {response.content[:300]!r}")
         if index < 50:
             continue
         plan = PlanResponse.model_validate_json(response.content)
@@ -205,6 +215,27 @@ def _time_plans(client: httpx.Client, bodies: BodyMaker, count: int, prefix: str
         "degraded": degraded,
         "requests": count,
     }
+
+
+async def _time_all_geometries(url: str, count: int, console: Console) -> dict[str, dict[str, Any]]:
+    client = LeanHTTPClient(max_connections=1)
+    rows = {}
+    try:
+        for label, geometry in GEOMETRIES.items():
+            console.print(f"bench plan-latency: {count} served plans at {label} {geometry}")
+            rows[label] = await time_served_plans(client, url, geometry, count)
+    finally:
+        await client.aclose()
+    return rows
+
+
+def _run_loop(coroutine: Any) -> Any:
+    """Run ``coroutine`` on uvloop when installed (as uvicorn runs the gateway), else asyncio's loop."""
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
 
 
 def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
@@ -271,10 +302,8 @@ def run_plan_latency_benchmark(*, quick: bool, console: Console, threads: int = 
             log_dir=scratch / "logs",
             extra_env={"KADAPT_SAMPLER_ORT_THREADS": str(threads)},
         )
-        with stack, httpx.Client(base_url=stack.url("sampler"), timeout=30.0) as client:
-            for label, geometry in GEOMETRIES.items():
-                console.print(f"bench plan-latency: {requests} served plans at {label} {geometry}")
-                rows[label] = time_served_plans(client, geometry, requests)
+        with stack:
+            rows = _run_loop(_time_all_geometries(stack.url("sampler"), requests, console))
         for label, geometry in GEOMETRIES.items():
             bundle_model = repository / _bundle_name(geometry) / "1" / "model.onnx"
             inference = time_session(bundle_model, geometry, threads, requests, warmup=50)
@@ -301,6 +330,7 @@ def run_plan_latency_benchmark(*, quick: bool, console: Console, threads: int = 
             "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
             "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
             "plan_body": PLAN_BINARY_MEDIA_TYPE,
+            "client": "kadapt.http_client.LeanHTTPClient (the gateway's), uvloop",
         },
         "machine": {
             "cpus": os.cpu_count(),

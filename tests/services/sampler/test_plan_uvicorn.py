@@ -3,6 +3,7 @@ same plan as JSON, a broken body answered with problem+json, and uvicorn's fast 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import io
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from kadapt.http_client import LeanHTTPClient
 from kadapt.launcher.processes import ProcessStack
 from kadapt.masks import acs_lines
 from kadapt.nn.mnet import MNet, MNetGeometry, randomise_parameters
@@ -107,3 +109,46 @@ def test_broken_binary_body_is_a_problem_through_the_process(sampler: httpx.Clie
     other = sampler.post("/v1/plan", content=b"x", headers={"content-type": "application/x-npy"})
     assert other.status_code == 415
     assert other.json()["type"] == "https://kadapt.dev/problems/unsupported-media-type"
+
+
+def test_the_gateways_lean_client_gets_the_same_plans_over_one_connection(sampler: httpx.Client) -> None:
+    """The gateway's :class:`LeanHTTPClient` against the real process: the same plans as httpx, every
+    request on one kept-alive connection, and problem+json answers read back intact."""
+    url = str(sampler.base_url).rstrip("/") + "/v1/plan"
+    expected = []
+    for seed in range(3):
+        answer = sampler.post(
+            "/v1/plan",
+            content=encode_plan_body(header(), acs_npy(seed)),
+            headers={"content-type": PLAN_BINARY_MEDIA_TYPE},
+        )
+        expected.append(PlanResponse.model_validate_json(answer.content).lines)
+
+    async def ask() -> tuple[list[tuple[int, ...]], int, dict[str, object], int]:
+        client = LeanHTTPClient(max_connections=4)
+        try:
+            lines = []
+            for seed in range(3):
+                reply = await client.post(
+                    url,
+                    content=encode_plan_body(header(), acs_npy(seed)),
+                    headers={"content-type": PLAN_BINARY_MEDIA_TYPE},
+                    timeout=10.0,
+                )
+                assert reply.status_code == 200, reply.content
+                lines.append(PlanResponse.model_validate_json(reply.content).lines)
+            broken = await client.post(
+                url,
+                content=b"NOPE" + bytes(64),
+                headers={"content-type": PLAN_BINARY_MEDIA_TYPE},
+                timeout=10.0,
+            )
+            return lines, broken.status_code, broken.json(), client.idle_connections
+        finally:
+            await client.aclose()
+
+    lines, status, problem, connections = asyncio.run(ask())
+    assert lines == expected
+    assert status == 400
+    assert problem["type"] == "https://kadapt.dev/problems/invalid-input"
+    assert connections == 1

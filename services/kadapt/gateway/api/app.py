@@ -2,9 +2,10 @@
 
 ``create_app(settings)`` builds what is not injected: with ``settings.redis_url`` a
 :class:`RedisSessionStore` and a :class:`RedisJobQueue` (a deployment), else the in-memory store and queue
-(the embedded default); the sampler client is a pooled ``httpx.AsyncClient``. Injected objects stay the
-caller's to close; the ones built here close with the app's lifespan. With ``settings.mrd_port`` set, the
-lifespan also runs the MRD streaming server on that port (``app.state.mrd_server``, ``docs/mrd.md``).
+(the embedded default); the sampler client is a pooled :class:`kadapt.http_client.LeanHTTPClient`.
+Injected objects stay the caller's to close; the ones built here close with the app's lifespan. With
+``settings.mrd_port`` set, the lifespan also runs the MRD streaming server on that port
+(``app.state.mrd_server``, ``docs/mrd.md``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -24,11 +24,12 @@ from kadapt.gateway.api.problems import install_problem_handlers
 from kadapt.gateway.api.routes import router
 from kadapt.gateway.domain.fallbacks import FallbackBundles
 from kadapt.gateway.domain.kspace_files import KspaceFiles
-from kadapt.gateway.domain.planning import PlanMetrics, Planner
+from kadapt.gateway.domain.planning import PlanMetrics, Planner, SamplerClient
 from kadapt.gateway.domain.scans import ScanService
 from kadapt.gateway.domain.store import MemorySessionStore, RedisSessionStore, SessionStore
 from kadapt.gateway.mrd_server import MrdServer
 from kadapt.gateway.settings import GatewaySettings
+from kadapt.http_client import LeanHTTPClient
 from kadapt.jobs import BlobStore, JobQueue, MemoryJobQueue, RedisJobQueue
 from kadapt.loop_lag import LOOP_LAG_BUCKETS, watch_loop_lag
 
@@ -38,12 +39,13 @@ API_VERSION = "1.0.0"
 def create_app(
     settings: GatewaySettings,
     *,
-    sampler_client: httpx.AsyncClient | None = None,
+    sampler_client: SamplerClient | None = None,
     queue: JobQueue | None = None,
     store: SessionStore | None = None,
 ) -> FastAPI:
     """The gateway app over ``settings``; ``sampler_client`` / ``queue`` / ``store`` are test and
-    composition seams (e.g. an ``ASGITransport`` to an in-process sampler, a shared memory queue)."""
+    composition seams (e.g. an ``httpx.AsyncClient`` over an ``ASGITransport`` to an in-process sampler, a
+    shared memory queue)."""
     configure_logging(json_logs=settings.log_json, level=settings.log_level)
     closers: list[Callable[[], Awaitable[None]]] = []
     if store is None:
@@ -53,11 +55,9 @@ def create_app(
         queue = RedisJobQueue.from_url(settings.redis_url) if settings.redis_url else MemoryJobQueue()
         closers.append(queue.close)
     if sampler_client is None:
-        pool = settings.sampler_pool_size
-        sampler_client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-        )
-        closers.append(sampler_client.aclose)
+        lean = LeanHTTPClient(max_connections=settings.sampler_pool_size)
+        closers.append(lean.aclose)
+        sampler_client = lean
     settings.scans_dir.mkdir(parents=True, exist_ok=True)
     settings.blobs_dir.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
