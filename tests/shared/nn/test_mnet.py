@@ -21,6 +21,7 @@ from kadapt.nn.mnet import (
     acs_percentile_scale,
     count_parameters,
     mnet_example_inputs,
+    normalise_acs,
     randomise_parameters,
 )
 from kadapt.nn.mnet_bundle import MNET_INPUT_NAME, MNET_MODEL_FILE, MNET_OUTPUT_NAME, export_mnet_bundle
@@ -54,6 +55,21 @@ def test_scores_do_not_depend_on_the_scanner_intensity_scale() -> None:
     acs = mnet_example_inputs(TINY, seeded(1))[0]
     torch.testing.assert_close(model(acs * 1e-3), model(acs), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model(acs * 1e4), model(acs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("coil_handling", ["average", "mixing"])
+def test_scale_after_the_coil_combination_is_normalising_first(coil_handling: str) -> None:
+    """``forward`` divides by the ACS scale after combining coils; the function is the documented one:
+    normalise the ACS (``normalise_acs``), combine the coils, then real / imaginary / log-magnitude."""
+    model = randomise_parameters(MNet(TINY, coil_handling=coil_handling), seeded()).eval()  # type: ignore[arg-type]
+    acs = torch.cat([mnet_example_inputs(TINY, seeded(k))[0] for k in range(2)]) * 37.0
+    normalised = normalise_acs(acs)
+    combined = model.mixing(normalised) if model.mixing is not None else normalised.mean(1, keepdim=True)
+    real, imag = combined[..., 0], combined[..., 1]
+    features = torch.cat((real, imag, torch.log1p(100.0 * torch.sqrt(real**2 + imag**2))), dim=1)
+    encoded = model.encoder(features)
+    expected = model.head(torch.cat((encoded.mean(dim=2), encoded.amax(dim=2)), dim=1).flatten(1))
+    torch.testing.assert_close(model(acs), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1, 2), (2, 3, 7, 5, 2), (1, 8, 64, 16, 2)])
