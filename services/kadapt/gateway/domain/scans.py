@@ -80,8 +80,16 @@ class ScanService:
         return self._locks.setdefault(scan_id, asyncio.Lock())
 
     async def _run(self, big: bool, function: Callable[..., T], *args: Any) -> T:
-        """Run blocking work inline when small, in a worker thread when ``big``."""
+        """Run CPU work inline when small, in a worker thread when ``big``."""
         return await asyncio.to_thread(function, *args) if big else function(*args)
+
+    @staticmethod
+    async def _io(function: Callable[..., T], *args: Any) -> T:
+        """File-system work, always in a worker thread: a write, create, rename or unlink can wait behind
+        the volume's journal commit that another process's fsync started (recon results, blobs, Redis's
+        AOF), tens of ms measured under ``kadapt bench load``; on the event loop that wait would hold up
+        every other scan's plan."""
+        return await asyncio.to_thread(function, *args)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
@@ -111,7 +119,7 @@ class ScanService:
         """Parse the header, check the policy against it, create the session and its k-space file."""
         session = creation.new_session(body, self.fallback_bundles)
         self.kspace_files.check_size(session.geometry)
-        self.kspace_files.create(session.scan_id, session.geometry)
+        await self._io(self.kspace_files.create, session.scan_id, session.geometry)
         try:
             await self.store.create(session)
         except BaseException:
@@ -233,8 +241,7 @@ class ScanService:
                 lines = await self._run(
                     big, prepare_lines, parsed.data[keep], parsed.reverse[keep], session.geometry.height
                 )
-                await self._run(
-                    big,
+                await self._io(
                     self.kspace_files.write_lines,
                     scan_id,
                     parsed.slices[keep],
@@ -243,7 +250,7 @@ class ScanService:
                     lines,
                 )
             for block in parsed.noise:
-                self.kspace_files.save_noise(scan_id, block)
+                await self._io(self.kspace_files.save_noise, scan_id, block)
         except OSError as error:
             # The samples did not reach the volume: undo the claim so the scanner can send them again.
             await self.store.release_lines(scan_id, parsed.keys[keep].tolist())
@@ -309,7 +316,7 @@ class ScanService:
             keys = np.array(dropped, dtype=np.int64)
             slices, rest = np.divmod(keys, geometry.frames * geometry.width)
             frames, columns = np.divmod(rest, geometry.width)
-            self.kspace_files.zero_lines(scan_id, slices, frames, columns)
+            await self._io(self.kspace_files.zero_lines, scan_id, slices, frames, columns)
 
             def count(current: ScanSession) -> None:
                 current.skipped_unplanned += len(dropped)
@@ -401,6 +408,11 @@ class ScanService:
         session = await self.store.get(scan_id)
         return encode_npy(keys_to_mask(await self.store.line_keys(scan_id), session.geometry))
 
+    def _discard_files(self, session: ScanSession) -> None:
+        """Rename the scan's directories into the trash (one metadata operation each) and drop its blobs."""
+        self.trash.discard(self.kspace_files.directory(session.scan_id))
+        creation.delete_blobs(self.blobs, session, self.trash.discard)
+
     async def delete(self, scan_id: str) -> None:
         """Forget the scan: its session, k-space file, noise and blobs."""
         session = await self.store.get(scan_id)
@@ -408,8 +420,7 @@ class ScanService:
         async with self._lock(scan_id):
             await self.store.delete(scan_id)
             self.kspace_files.forget(scan_id)
-            self.trash.discard(self.kspace_files.directory(scan_id))
-            creation.delete_blobs(self.blobs, session, self.trash.discard)
+            await self._io(self._discard_files, session)
         self._locks.pop(scan_id, None)
         self._spawn(asyncio.to_thread(self.trash.empty))
         log.info("scan_deleted", scan_id=scan_id)
