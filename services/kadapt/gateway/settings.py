@@ -44,7 +44,9 @@ class GatewaySettings(BaseSettings, AuthSettings):
     sampler_margin_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     sampler_pool_size: int = Field(default=32, gt=0)
     offload_bytes: int = Field(
-        default=256 * 1024, ge=0, description="ingest bodies above this decode in a worker thread"
+        default=256 * 1024,
+        ge=0,
+        description="ingest bodies above this decode in a worker thread (file writes always run in one)",
     )
     dicom_deidentify: bool = Field(
         default=False, description="default of the images endpoint's deidentify query for format=dicom"
