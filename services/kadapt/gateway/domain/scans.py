@@ -85,11 +85,17 @@ class ScanService:
 
     @staticmethod
     async def _io(function: Callable[..., T], *args: Any) -> T:
-        """File-system work, always in a worker thread: a write, create, rename or unlink can wait behind
-        the volume's journal commit that another process's fsync started (recon results, blobs, Redis's
-        AOF), tens of ms measured under ``kadapt bench load``; on the event loop that wait would hold up
-        every other scan's plan."""
-        return await asyncio.to_thread(function, *args)
+        """File-system work on a scan's samples, always in a worker thread: a write can wait behind the
+        volume's journal commit that another process's fsync started (recon results, blobs, Redis's AOF),
+        tens of ms measured under ``kadapt bench load``; on the event loop that wait would hold up every
+        other scan's plan. Shielded: a cancelled request still finishes the write its lines were claimed
+        for (the error, if any, is then logged)."""
+        work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(log_task_failure)
+            raise
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
@@ -119,7 +125,7 @@ class ScanService:
         """Parse the header, check the policy against it, create the session and its k-space file."""
         session = creation.new_session(body, self.fallback_bundles)
         self.kspace_files.check_size(session.geometry)
-        await self._io(self.kspace_files.create, session.scan_id, session.geometry)
+        self.kspace_files.create(session.scan_id, session.geometry)
         try:
             await self.store.create(session)
         except BaseException:
@@ -408,11 +414,6 @@ class ScanService:
         session = await self.store.get(scan_id)
         return encode_npy(keys_to_mask(await self.store.line_keys(scan_id), session.geometry))
 
-    def _discard_files(self, session: ScanSession) -> None:
-        """Rename the scan's directories into the trash (one metadata operation each) and drop its blobs."""
-        self.trash.discard(self.kspace_files.directory(session.scan_id))
-        creation.delete_blobs(self.blobs, session, self.trash.discard)
-
     async def delete(self, scan_id: str) -> None:
         """Forget the scan: its session, k-space file, noise and blobs."""
         session = await self.store.get(scan_id)
@@ -420,7 +421,10 @@ class ScanService:
         async with self._lock(scan_id):
             await self.store.delete(scan_id)
             self.kspace_files.forget(scan_id)
-            await self._io(self._discard_files, session)
+            # Renames (one metadata operation each), kept on the loop: a cancelled DELETE must not leave
+            # a session gone but its files in place.
+            self.trash.discard(self.kspace_files.directory(scan_id))
+            creation.delete_blobs(self.blobs, session, self.trash.discard)
         self._locks.pop(scan_id, None)
         self._spawn(asyncio.to_thread(self.trash.empty))
         log.info("scan_deleted", scan_id=scan_id)
