@@ -176,3 +176,43 @@ async def test_concurrent_claims_of_one_line_admit_exactly_one(store: SessionSto
     await store.create(session)
     results = await asyncio.gather(*(store.claim_lines(session.scan_id, [7], []) for _ in range(20)))
     assert sum(1 for duplicates in results if not duplicates) == 1
+
+
+async def test_a_write_between_read_and_set_makes_the_update_read_again(redis_server: Any) -> None:
+    """Another replica's write after this update read the session: the compare-and-set refuses, the
+    mutation runs again on the new document, and both changes survive."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    store = RedisSessionStore(client)
+    other = RedisSessionStore(aioredis.Redis.from_url(redis_server.url))
+    session = make_session()
+    await store.create(session)
+    calls = 0
+
+    async def meanwhile() -> None:
+        def noise(current: ScanSession) -> None:
+            current.noise_readouts += 5
+
+        await other.update(session.scan_id, noise)
+
+    def skip(current: ScanSession) -> int:
+        nonlocal calls
+        calls += 1
+        current.skipped_noise += 1
+        return calls
+
+    # Interleave: read here, let the other replica write, then compare-and-set.
+    original_cas = store._cas
+
+    async def cas_after_the_other_write(*args: Any, **kwargs: Any) -> Any:
+        if calls == 1:
+            await meanwhile()
+        return await original_cas(*args, **kwargs)
+
+    store._cas = cas_after_the_other_write  # type: ignore[method-assign]
+    updated, result = await store.update(session.scan_id, skip)
+    assert result == 2  # the first attempt lost the compare-and-set
+    stored = await other.get(session.scan_id)
+    assert (stored.noise_readouts, stored.skipped_noise) == (5, 1)
+    assert updated == stored
+    await store.close()
+    await other.close()
