@@ -49,7 +49,7 @@ from kadapt.trainer.bench_dynamic_samplers import (
     resolve_samplers,
 )
 from kadapt.trainer.bench_methods import classic_parameters_record
-from kadapt.trainer.bench_recon import _machine
+from kadapt.trainer.bench_recon import _machine, test_split_record
 from kadapt.trainer.bench_report import json_safe
 
 RESULT_KIND = "kadapt-bench-dynamic"
@@ -247,7 +247,7 @@ def run_dynamic_benchmark(settings: DynamicBenchSettings, progress: Progress | N
         raise InvalidInputError(f"threads must be >= 1, got {threads}")
     machine = _machine()
     test = load_cine_split(settings.data, "test", QUICK_LIMITS if quick else None)
-    frames, coils, height, width = (int(size) for size in test[0].kspace.shape[1:])
+    height, width = (int(size) for size in test[0].kspace.shape[-2:])
     num_acs = settings.num_acs or dataset_num_acs(settings.data)
     if num_acs is None:
         raise InvalidInputError(f"no num_acs given and {settings.data}/manifest.json names none")
@@ -281,15 +281,7 @@ def run_dynamic_benchmark(settings: DynamicBenchSettings, progress: Progress | N
         "created": utc_now().isoformat(),
         "code_version": code_version(),
         "machine": machine,
-        "data": {
-            "dir": str(settings.data),
-            "split": "test",
-            "reference": "reconstruction_rss (RSS of the fully sampled coil images)",
-            "volumes": [volume.name for volume in test],
-            "sources": {volume.name: volume.source for volume in test},
-            "slices": sum(volume.kspace.shape[0] for volume in test),
-            "geometry": {"frames": frames, "coils": coils, "height": height, "width": width},
-        },
+        "data": test_split_record(settings.data, test),
         "num_acs": num_acs,
         "budgets": budgets,
         "settings": {

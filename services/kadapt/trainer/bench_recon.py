@@ -18,10 +18,10 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -114,10 +114,23 @@ def load_split(data: Path, split: Split, limits: tuple[int, int] | None) -> list
     return volumes
 
 
-def test_split_record(data: Path, test: list[Volume]) -> dict[str, Any]:
+class ScoredVolume(Protocol):
+    """What :func:`test_split_record` reads of a test volume (static :class:`Volume` or a cine one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def kspace(self) -> NDArray[np.complex64]: ...
+
+
+def test_split_record(data: Path, test: Sequence[ScoredVolume]) -> dict[str, Any]:
     """The ``data`` block of a bench result: folder, split, reference, volumes (with their sources),
-    slices and geometry of the scored test volumes."""
-    coils, height, width = (int(size) for size in test[0].kspace.shape[1:])
+    slices and geometry of the scored test volumes (k-space ``(slices, [frames,] coils, H, W)``)."""
+    sizes = [int(size) for size in test[0].kspace.shape[1:]]
     return {
         "dir": str(data),
         "split": "test",
@@ -125,7 +138,7 @@ def test_split_record(data: Path, test: list[Volume]) -> dict[str, Any]:
         "volumes": [volume.name for volume in test],
         "sources": {volume.name: volume.source for volume in test},
         "slices": sum(volume.kspace.shape[0] for volume in test),
-        "geometry": {"coils": coils, "height": height, "width": width},
+        "geometry": dict(zip(("frames", "coils", "height", "width")[-len(sizes) :], sizes, strict=True)),
     }
 
 
