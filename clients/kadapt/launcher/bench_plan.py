@@ -37,9 +37,9 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime
@@ -74,6 +74,7 @@ _DEADLINE_MARK = 987654321.0  # a number placed in the JSON template and replace
 JSON_MEDIA_TYPE = "application/json"
 # One request body for plan number ``index`` (deadline set at send time) and its content type.
 BodyMaker = Callable[[int], tuple[bytes, str]]
+T = TypeVar("T")
 
 
 def _stats(prefix: str, values: list[float]) -> dict[str, float]:
@@ -219,7 +220,7 @@ async def _time_plans(
 
 async def _time_all_geometries(url: str, count: int, console: Console) -> dict[str, dict[str, Any]]:
     client = LeanHTTPClient(max_connections=1)
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     try:
         for label, geometry in GEOMETRIES.items():
             console.print(f"bench plan-latency: {count} served plans at {label} {geometry}")
@@ -229,7 +230,7 @@ async def _time_all_geometries(url: str, count: int, console: Console) -> dict[s
     return rows
 
 
-def _run_loop(coroutine: Any) -> Any:
+def _run_loop(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on uvloop when installed (as uvicorn runs the gateway), else asyncio's loop."""
     if importlib.util.find_spec("uvloop") is not None:
         import uvloop
@@ -288,7 +289,6 @@ def run_plan_latency_benchmark(*, quick: bool, console: Console, threads: int = 
     JSON-ready dict (see the module docstring)."""
     requests, faithful_runs = (300, 5) if quick else (3000, 20)
     load_before = os.getloadavg()
-    rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="kadapt-bench-plan-") as tmp:
         scratch = Path(tmp)
         repository = scratch / "models"
