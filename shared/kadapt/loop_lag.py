@@ -19,11 +19,25 @@ LOOP_LAG_PERIOD_S = 0.05
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
-async def watch_loop_lag(observe: Callable[[float], None], period_s: float = LOOP_LAG_PERIOD_S) -> None:
+#: A lag from which a service logs the stall (``event_loop_stall``): half a 50 ms plan deadline.
+STALL_S = 0.025
+
+
+async def watch_loop_lag(
+    observe: Callable[[float], None],
+    period_s: float = LOOP_LAG_PERIOD_S,
+    *,
+    on_stall: Callable[[float], None] | None = None,
+    stall_s: float = STALL_S,
+) -> None:
     """Sleep ``period_s`` again and again and ``observe`` how much later than asked each wake-up came
-    (seconds, >= 0); runs until cancelled."""
+    (seconds, >= 0); a lag of ``stall_s`` or more also goes to ``on_stall`` (a log line, so that a
+    stall can be put next to what else happened then). Runs until cancelled."""
     loop = asyncio.get_running_loop()
     while True:
         asked = loop.time() + period_s
         await asyncio.sleep(period_s)
-        observe(max(0.0, loop.time() - asked))
+        lag = max(0.0, loop.time() - asked)
+        observe(lag)
+        if on_stall is not None and lag >= stall_s:
+            on_stall(lag)

@@ -216,3 +216,71 @@ async def test_a_write_between_read_and_set_makes_the_update_read_again(redis_se
     assert updated == stored
     await store.close()
     await other.close()
+
+
+async def test_claim_and_count_counts_after_the_claim(store: SessionStore) -> None:
+    """The ACS count the scanner's path needs comes with the claim: lines claimed by this very request
+    count, a refused request adds and counts nothing, an unknown scan is refused."""
+    session = make_session()
+    await store.create(session)
+    acs = [14, 15, 16, 17]
+    assert await store.claim_and_count(session.scan_id, [14, 15], [30], acs) == ([], 2)
+    assert await store.claim_and_count(session.scan_id, [16, 17], [], acs) == ([], 4)
+    assert await store.claim_and_count(session.scan_id, [15, 18], [], acs) == ([15], 0)
+    assert await store.count_present(session.scan_id, [18]) == 0  # the refused request added nothing
+    assert await store.claim_and_count(session.scan_id, [], [], acs) == ([], 4)
+    with pytest.raises(UnknownScanError):
+        await store.claim_and_count("0" * 32, [1], [], acs)
+
+
+async def test_update_from_a_stale_read_applies_to_the_stored_session(store: SessionStore) -> None:
+    """``read`` is only a hint: a session changed since (another request, another replica) is read
+    again, the mutation runs on it, and both changes survive."""
+    session = make_session()
+    await store.create(session)
+
+    def noise(current: ScanSession) -> None:
+        current.noise_readouts += 5
+
+    await store.update(session.scan_id, noise)  # ``session`` is stale from here
+
+    def skip(current: ScanSession) -> None:
+        current.skipped_noise += 1
+
+    updated, _ = await store.update(session.scan_id, skip, read=session)
+    stored = await store.get(session.scan_id)
+    assert (stored.noise_readouts, stored.skipped_noise) == (5, 1)
+    assert updated == stored
+    # A mutation of a stale read that changes nothing is judged on the stored session, not the read.
+    seen: list[int] = []
+    await store.update(session.scan_id, lambda current: seen.append(current.noise_readouts), read=session)
+    assert seen[-1] == 5
+
+
+async def test_update_from_a_current_read_is_one_round_trip(redis_server: Any) -> None:
+    """The scanner's path: an update from the session just stored is one compare-and-set, no GET."""
+    store = RedisSessionStore(aioredis.Redis.from_url(redis_server.url))
+    session = make_session()
+    await store.create(session)
+
+    def calibrate(current: ScanSession) -> None:
+        current.transition(S.calibrating)
+
+    session, _ = await store.update(session.scan_id, calibrate)  # loads the script on the server
+    commands: list[str] = []
+    original = store._redis.execute_command
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        commands.append(str(args[0]))
+        return await original(*args, **kwargs)
+
+    store._redis.execute_command = spy  # type: ignore[method-assign]
+
+    def plan(current: ScanSession) -> None:
+        current.transition(S.planning)
+
+    updated, _ = await store.update(session.scan_id, plan, read=session)
+    assert commands == ["EVALSHA"]
+    assert await store.get(session.scan_id) == updated
+    assert updated.state == S.planning
+    await store.close()

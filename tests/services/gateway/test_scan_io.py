@@ -1,15 +1,37 @@
 """``ScanService._io``: file-system work runs in a worker thread and, once asked for, always finishes --
 a request cancelled meanwhile (a client gone, the MRD server's teardown) must not leave lines claimed in
-the session store whose samples were never written."""
+the session store whose samples were never written. Scan creation and ``DELETE`` keep the same promise
+for their files: a cancelled creation leaves no directory, a cancelled ``DELETE`` no files."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
+from tests.services.gateway.conftest import Gateway, Scanner
 
 from kadapt.gateway.domain.scans import ScanService
+from kadapt.schemas import ScanCreate, ScanPolicy
+
+
+async def _until(condition: Any, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def _blocked(function: Any, started: threading.Event, release: threading.Event) -> Any:
+    """``function`` that first signals ``started`` and waits for ``release`` (in its worker thread)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        release.wait(5.0)
+        return function(*args, **kwargs)
+
+    return wrapper
 
 
 @pytest.mark.parametrize("cancel_after_start", [True, False])
@@ -46,3 +68,41 @@ async def test_the_result_and_errors_reach_the_caller() -> None:
 
     with pytest.raises(OSError, match="No space left"):
         await ScanService._io(full)
+
+
+async def test_a_cancelled_delete_still_removes_the_files(
+    gateway: Gateway, scanner: Scanner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan_id = await gateway.create_scan(scanner)
+    service: ScanService = gateway.app.state.service
+    directory: Path = gateway.settings.scans_dir / scan_id
+    assert directory.is_dir()
+    started, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(service.trash, "discard", _blocked(service.trash.discard, started, release))
+    request = asyncio.create_task(service.delete(scan_id))
+    assert await asyncio.to_thread(started.wait, 5.0)  # the renames are running in a worker thread
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert (await gateway.client.get(f"/v1/scans/{scan_id}")).status_code == 404  # the session is gone
+    release.set()
+    trash = service.trash.folder_for(gateway.settings.scans_dir)
+    await _until(lambda: not directory.exists() and not any(trash.iterdir()))
+
+
+async def test_a_cancelled_creation_leaves_no_directory(
+    gateway: Gateway, scanner: Scanner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service: ScanService = gateway.app.state.service
+    started, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(
+        service.kspace_files, "create", _blocked(service.kspace_files.create, started, release)
+    )
+    body = ScanCreate(header_xml=scanner.header(), policy=ScanPolicy(num_acs=4))
+    request = asyncio.create_task(service.create_scan(body))
+    assert await asyncio.to_thread(started.wait, 5.0)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    release.set()  # the creation finishes in its thread, then its files are removed
+    await _until(lambda: not any(gateway.settings.scans_dir.iterdir()))

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import structlog
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -32,6 +33,8 @@ from kadapt.gateway.settings import GatewaySettings
 from kadapt.http_client import LeanHTTPClient
 from kadapt.jobs import BlobStore, JobQueue, MemoryJobQueue, RedisJobQueue
 from kadapt.loop_lag import LOOP_LAG_BUCKETS, watch_loop_lag
+
+log = structlog.get_logger("kadapt.gateway")
 
 API_VERSION = "1.0.0"
 
@@ -89,7 +92,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        watcher = asyncio.create_task(watch_loop_lag(loop_lag.observe))
+        watcher = asyncio.create_task(
+            watch_loop_lag(
+                loop_lag.observe,
+                on_stall=lambda lag: log.warning("event_loop_stall", lag_ms=round(lag * 1e3, 1)),
+            )
+        )
         try:
             await asyncio.to_thread(service.trash.empty)  # what a previous process left behind
             if mrd_server is not None:

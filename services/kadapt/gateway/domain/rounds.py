@@ -31,6 +31,9 @@ from kadapt.schemas import PlanResponse, ScanState
 
 log = structlog.get_logger("kadapt.gateway")
 
+# The session as last known after a round's plan was settled, and the plan to answer with.
+Settled = tuple[ScanSession, PlanResponse]
+
 
 def log_task_failure(task: asyncio.Task[Any]) -> None:
     """Log the error of a background task nobody awaits (instead of "exception never retrieved")."""
@@ -55,7 +58,7 @@ class PlanRounds:
         self.planner = planner
         self.kspace_files = kspace_files
         self.on_recorded = on_recorded
-        self._tasks: dict[tuple[str, int], asyncio.Task[PlanResponse]] = {}
+        self._tasks: dict[tuple[str, int], asyncio.Task[Settled]] = {}
 
     async def close(self) -> None:
         """Cancel every plan task (on shutdown)."""
@@ -94,6 +97,7 @@ class PlanRounds:
         )
 
     def start(self, session: ScanSession) -> None:
+        """Start the round's plan task; ``session`` is the one just stored (its compare-and-set base)."""
         key = (session.scan_id, session.plan_round)
         if key in self._tasks:
             return
@@ -102,7 +106,7 @@ class PlanRounds:
         task.add_done_callback(lambda _: self._tasks.pop(key, None))
         task.add_done_callback(log_task_failure)
 
-    async def _run(self, session: ScanSession) -> PlanResponse:
+    async def _run(self, session: ScanSession) -> Settled:
         # Fixed mask families never look at the scan: skip reading and encoding its ACS block
         # (about 350 kB of JSON at 256 x 8 coils x 16 lines), which dominated a fixed policy's plan time.
         needs_scan_data = session.policy.sampler not in mask_families()
@@ -111,11 +115,12 @@ class PlanRounds:
             # ADS rounds look at the SENSE image so far instead of the ACS (made in a worker thread).
             context = await dynamic_plans.with_sense_image(context, session, self.kspace_files)
         plan = await self.planner.plan(context)
-        return await self.record(session.scan_id, plan)
+        return await self.record(session.scan_id, plan, read=session)
 
-    async def record(self, scan_id: str, plan: PlanResponse) -> PlanResponse:
+    async def record(self, scan_id: str, plan: PlanResponse, *, read: ScanSession | None = None) -> Settled:
         """Record ``plan`` unless its round already has one (the first answer wins, so the scanner and
-        the gateway agree); returns the recorded plan."""
+        the gateway agree); returns the session after it and the recorded plan. ``read``: the session as
+        last known (one Redis round trip less when nobody wrote since, ``SessionStore.update``)."""
 
         def record(session: ScanSession) -> bool:
             if (
@@ -128,7 +133,7 @@ class PlanRounds:
             session.transition(ScanState.acquiring)
             return True
 
-        session, applied = await self.store.update(scan_id, record)
+        session, applied = await self.store.update(scan_id, record, read=read)
         if applied:
             # The recorded plan is the scanner's answer from now on: later than the deadline is a miss.
             # The latency observed is the round's, from its start (deadline - plan_deadline_ms) to now.
@@ -151,16 +156,22 @@ class PlanRounds:
             )
             if self.on_recorded is not None:
                 self.on_recorded(session)
-        return session.plan if session.plan_is_current and session.plan is not None else plan
+        return session, session.plan if session.plan_is_current and session.plan is not None else plan
 
     async def current(self, scan_id: str) -> PlanResponse:
         """The current plan; while planning, waits at most until the deadline, then serves the fallback."""
-        session = await self.store.get(scan_id)
+        return (await self.settle(scan_id))[1]
+
+    async def settle(self, scan_id: str, session: ScanSession | None = None) -> Settled:
+        """:meth:`current`, with the session as known after it. ``session``: the scan's session as the
+        caller just stored it (saves reading it; the ingest request that completed the ACS block)."""
+        if session is None:
+            session = await self.store.get(scan_id)
         if session.plan_is_current and session.plan is not None:
-            return session.plan
+            return session, session.plan
         if session.state != ScanState.planning:
             if session.plan is not None:
-                return session.plan
+                return session, session.plan
             acs_keys = creation.acs_keys(session)
             present = await self.store.count_present(scan_id, acs_keys.tolist())
             raise InvalidStateError(
@@ -181,9 +192,9 @@ class PlanRounds:
             await asyncio.sleep(min(0.005, max(0.0, (deadline - now_unix_ms()) / 1000.0)))
             current = await self.store.get(scan_id)
             if current.plan_is_current and current.plan is not None:
-                return current.plan
+                return current, current.plan
         plan = fallback_plan(self.context(session, with_acs=False), "sampler-timeout")
-        return await self.record(scan_id, plan)
+        return await self.record(scan_id, plan, read=session)
 
     async def next_round_if_due(self, session: ScanSession) -> None:
         """Multi-round policies (ADS): when every line of a non-final plan is in, ask for the next round."""
@@ -202,6 +213,6 @@ class PlanRounds:
             current.plan_deadline_unix_ms = now_unix_ms() + current.policy.plan_deadline_ms
             return True
 
-        updated, started = await self.store.update(session.scan_id, next_round)
+        updated, started = await self.store.update(session.scan_id, next_round, read=session)
         if started:
             self.start(updated)

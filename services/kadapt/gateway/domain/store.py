@@ -4,7 +4,10 @@ A session is one JSON document (:class:`~kadapt.gateway.domain.session.ScanSessi
 integer line keys: ``lines`` (stored, acquired lines) and ``staged`` (retrospective lines held until the
 plan is known). Duplicate detection must be atomic across gateway replicas, so a request's lines are
 claimed in one step (:meth:`SessionStore.claim_lines`: all or nothing), and metadata changes go through
-:meth:`SessionStore.update` (optimistic WATCH/MULTI in Redis, so two replicas never lose a transition).
+:meth:`SessionStore.update` (an optimistic compare-and-set in Redis, so two replicas never lose a
+transition). The scanner's path counts Redis round trips: :meth:`SessionStore.claim_and_count` claims a
+request's lines and counts the ACS block in one, and ``update(..., read=session)`` tries its
+compare-and-set against a session the caller already holds before reading again.
 """
 
 from __future__ import annotations
@@ -33,12 +36,22 @@ class SessionStore(Protocol):
     async def get(self, scan_id: str) -> ScanSession:
         """The session, or :class:`UnknownScanError`."""
 
-    async def update(self, scan_id: str, mutate: Mutation[T]) -> tuple[ScanSession, T]:
-        """Apply ``mutate`` to the stored session atomically and save it; nothing is saved if it raises."""
+    async def update(
+        self, scan_id: str, mutate: Mutation[T], *, read: ScanSession | None = None
+    ) -> tuple[ScanSession, T]:
+        """Apply ``mutate`` to the stored session atomically and save it; nothing is saved if it raises.
+        ``read``: the session as the caller last had it (a hint, never trusted: if the stored document
+        differs, or ``mutate`` changes nothing, the stored one is read and mutated instead)."""
 
     async def claim_lines(self, scan_id: str, acquire: Sequence[int], stage: Sequence[int]) -> list[int]:
         """Add ``acquire`` to the line set and ``stage`` to the staged set unless any key is already in
         either set; returns the keys already present (then nothing was added)."""
+
+    async def claim_and_count(
+        self, scan_id: str, acquire: Sequence[int], stage: Sequence[int], count: Sequence[int]
+    ) -> tuple[list[int], int]:
+        """:meth:`claim_lines`, then how many of ``count`` are in the line set, in one atomic step
+        (the count is 0 when the claim found duplicates)."""
 
     async def release_lines(self, scan_id: str, keys: Sequence[int]) -> None:
         """Remove ``keys`` from both sets (undo a claim whose samples could not be stored)."""
@@ -94,20 +107,28 @@ class MemorySessionStore:
     async def get(self, scan_id: str) -> ScanSession:
         return ScanSession.model_validate_json(self._document(scan_id))
 
-    async def update(self, scan_id: str, mutate: Mutation[T]) -> tuple[ScanSession, T]:
-        session = ScanSession.model_validate_json(self._document(scan_id))
+    async def update(
+        self, scan_id: str, mutate: Mutation[T], *, read: ScanSession | None = None
+    ) -> tuple[ScanSession, T]:
+        session = ScanSession.model_validate_json(self._document(scan_id))  # atomic: ``read`` not needed
         result = mutate(session)
         self._documents[scan_id] = session.model_dump_json()
         return session, result
 
     async def claim_lines(self, scan_id: str, acquire: Sequence[int], stage: Sequence[int]) -> list[int]:
+        return (await self.claim_and_count(scan_id, acquire, stage, ()))[0]
+
+    async def claim_and_count(
+        self, scan_id: str, acquire: Sequence[int], stage: Sequence[int], count: Sequence[int]
+    ) -> tuple[list[int], int]:
         self._document(scan_id)
         lines, staged = self._lines[scan_id], self._staged[scan_id]
         present = [key for key in (*acquire, *stage) if key in lines or key in staged]
-        if not present:
-            lines.update(acquire)
-            staged.update(stage)
-        return present
+        if present:
+            return present, 0
+        lines.update(acquire)
+        staged.update(stage)
+        return [], sum(1 for key in count if key in lines)
 
     async def release_lines(self, scan_id: str, keys: Sequence[int]) -> None:
         self._document(scan_id)
@@ -153,13 +174,19 @@ class MemorySessionStore:
 
 
 # Claim a request's lines atomically: fail (returning the duplicates) if any key is in either set,
-# else add them. unpack() is chunked because Lua limits the number of call arguments.
+# else add them, then count how many of the keys to count are in the line set. KEYS: lines, staged, the
+# session document (the scan must exist: -1 if not). ARGV: the number of keys to acquire, the number to
+# claim (acquire + stage), the keys to acquire, to stage, to count. Returns {duplicates, count}.
+# unpack() is chunked because Lua limits the number of call arguments.
 _CLAIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 local lines, staged = KEYS[1], KEYS[2]
 local n_acquire = tonumber(ARGV[1])
+local n_claim = tonumber(ARGV[2])
+local claim_end = n_claim + 2
 local present = {}
-for i = 2, #ARGV, 4000 do
-  local last = math.min(i + 3999, #ARGV)
+for i = 3, claim_end, 4000 do
+  local last = math.min(i + 3999, claim_end)
   local chunk = {unpack(ARGV, i, last)}
   local in_lines = redis.call('SMISMEMBER', lines, unpack(chunk))
   local in_staged = redis.call('SMISMEMBER', staged, unpack(chunk))
@@ -167,10 +194,10 @@ for i = 2, #ARGV, 4000 do
     if in_lines[j] == 1 or in_staged[j] == 1 then table.insert(present, chunk[j]) end
   end
 end
-if #present > 0 then return present end
-for i = 2, #ARGV, 4000 do
-  local last = math.min(i + 3999, #ARGV)
-  local first_stage = n_acquire + 2
+if #present > 0 then return {present, 0} end
+for i = 3, claim_end, 4000 do
+  local last = math.min(i + 3999, claim_end)
+  local first_stage = n_acquire + 3
   if last < first_stage then
     redis.call('SADD', lines, unpack(ARGV, i, last))
   elseif i >= first_stage then
@@ -180,7 +207,12 @@ for i = 2, #ARGV, 4000 do
     redis.call('SADD', staged, unpack(ARGV, first_stage, last))
   end
 end
-return present
+local total = 0
+for i = claim_end + 1, #ARGV, 4000 do
+  local found = redis.call('SMISMEMBER', lines, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+  for j = 1, #found do total = total + found[j] end
+end
+return {present, total}
 """
 
 # Move the staged members listed in ARGV[2..] into the line set; if ARGV[1] == '1' drop the other
@@ -261,19 +293,32 @@ class RedisSessionStore:
             raise UnknownScanError(f"no scan with id {scan_id!r}", scan_id=scan_id)
         return ScanSession.model_validate_json(raw)
 
-    async def update(self, scan_id: str, mutate: Mutation[T]) -> tuple[ScanSession, T]:
+    async def update(
+        self, scan_id: str, mutate: Mutation[T], *, read: ScanSession | None = None
+    ) -> tuple[ScanSession, T]:
         """Optimistic: read, mutate, then compare-and-set in one script (two round trips; the WATCH /
         MULTI / EXEC it replaces took three and pinned a connection). A mutation that changes nothing
-        writes nothing: its outcome holds as of the read. A conflicting write meanwhile means read again."""
+        writes nothing: its outcome holds as of the read. A conflicting write meanwhile means read again.
+        With ``read`` (the session the caller holds) the first compare-and-set is against its document,
+        one round trip when nobody wrote since; a mutation of it that changes nothing proves nothing
+        about the stored document, so that case reads too."""
         key = self._key(scan_id)
+        hint = read.model_dump_json() if read is not None else None
         for _ in range(_MAX_UPDATE_RETRIES):
-            raw = await self._redis.get(key)
-            if raw is None:
-                raise UnknownScanError(f"no scan with id {scan_id!r}", scan_id=scan_id)
+            from_hint = hint is not None
+            if hint is not None:
+                raw, hint = hint, None
+            else:
+                stored = await self._redis.get(key)
+                if stored is None:
+                    raise UnknownScanError(f"no scan with id {scan_id!r}", scan_id=scan_id)
+                raw = stored.decode() if isinstance(stored, bytes) else str(stored)
             session = ScanSession.model_validate_json(raw)
             result = mutate(session)
             document = session.model_dump_json()
-            if document.encode() == (raw if isinstance(raw, bytes) else str(raw).encode()):
+            if document == raw:
+                if from_hint:
+                    continue  # unchanged: its outcome must hold for the stored document, read it
                 return session, result
             written = await self._cas(keys=[key], args=[raw, document])
             if written == 1:
@@ -287,14 +332,24 @@ class RedisSessionStore:
             raise UnknownScanError(f"no scan with id {scan_id!r}", scan_id=scan_id)
 
     async def claim_lines(self, scan_id: str, acquire: Sequence[int], stage: Sequence[int]) -> list[int]:
-        await self._require(scan_id)
-        if not acquire and not stage:
-            return []
-        args = [len(acquire), *(int(key) for key in acquire), *(int(key) for key in stage)]
-        present = await self._claim(
-            keys=[self._key(scan_id, ":lines"), self._key(scan_id, ":staged")], args=args
-        )
-        return [int(key) for key in present]
+        return (await self.claim_and_count(scan_id, acquire, stage, ()))[0]
+
+    async def claim_and_count(
+        self, scan_id: str, acquire: Sequence[int], stage: Sequence[int], count: Sequence[int]
+    ) -> tuple[list[int], int]:
+        keys = [self._key(scan_id, ":lines"), self._key(scan_id, ":staged"), self._key(scan_id)]
+        args = [
+            len(acquire),
+            len(acquire) + len(stage),
+            *(int(key) for key in acquire),
+            *(int(key) for key in stage),
+            *(int(key) for key in count),
+        ]
+        answer = await self._claim(keys=keys, args=args)
+        if answer == -1:
+            raise UnknownScanError(f"no scan with id {scan_id!r}", scan_id=scan_id)
+        present, total = answer
+        return [int(key) for key in present], int(total)
 
     async def release_lines(self, scan_id: str, keys: Sequence[int]) -> None:
         if keys:

@@ -120,6 +120,7 @@ class MrdSession:
             return "completed" if self.done else "disconnected"
         except KadaptError as error:
             self.log.info("mrd_session_failed", scan_id=self.scan_id, problem=error.slug, detail=error.detail)
+            await self._abandon()
             await self.refuse(replies.error_text(error))
             return error.slug
         except (OSError, asyncio.IncompleteReadError):
@@ -132,6 +133,7 @@ class MrdSession:
                 error=f"{type(error).__name__}: {error}",
                 traceback=traceback.format_exc(),
             )
+            await self._abandon()
             await self.refuse(replies.internal_error_text())
             return "internal-error"
         finally:
@@ -383,15 +385,20 @@ class MrdSession:
             self.plan_task.cancel()
             await asyncio.gather(self.plan_task, return_exceptions=True)
 
-    async def _cleanup(self) -> None:
+    async def _abandon(self) -> None:
+        """Delete the scan this session opened if it is still taking lines: the scanner's session is
+        gone, nobody can complete it. Before the error CLOSE goes out, so a scanner that reads it knows
+        the scan is already gone; again on the way out (a disconnect), where it then finds nothing."""
         await self._stop_plan_sender()
         if self.scan_id is not None and self.phase is not Phase.DONE:
             with contextlib.suppress(KadaptError):
                 session = await self.service.store.get(self.scan_id)
                 if session.state in INGEST_STATES:
-                    # The scanner's session is gone; nobody can complete this scan.
                     await self.service.delete(self.scan_id)
                     self.log.info("mrd_scan_abandoned", state=session.state.value)
+
+    async def _cleanup(self) -> None:
+        await self._abandon()
         self.writer.close()
         with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)

@@ -188,7 +188,12 @@ def create_app(settings: SamplerSettings, *, registry: PolicyRegistry | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watcher = asyncio.create_task(watch_loop_lag(observer.loop_lag_seconds.observe))
+        watcher = asyncio.create_task(
+            watch_loop_lag(
+                observer.loop_lag_seconds.observe,
+                on_stall=lambda lag: logger.warning("event loop stalled %.1f ms", lag * 1000.0),
+            )
+        )
         try:
             await start_planner(state, observer, registry)
             yield
