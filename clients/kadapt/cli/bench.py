@@ -110,6 +110,9 @@ def bench_load(
     ),
     models: Annotated[Path, typer.Option(help="model repository")] = Path("models"),
     quick: Annotated[bool, typer.Option(help="16 scanners x 2 scans of 2-slice volumes")] = False,
+    split_cores: Annotated[
+        bool, typer.Option(help="scanners on the last core, gateway / sampler / Redis on the others")
+    ] = True,
 ) -> None:
     """Concurrent TR-paced scans through real processes with recon jobs in flight: plan latency, deadline
     misses, fallbacks by reason, ingest rate, recon job latency, errors."""
@@ -130,6 +133,7 @@ def bench_load(
         "recon_workers": recon_workers,
         "data": data,
         "models": models,
+        "split_cores": split_cores,
     }
     try:
         if quick:

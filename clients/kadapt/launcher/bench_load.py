@@ -21,6 +21,7 @@ JSON layout is in ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -57,7 +58,10 @@ class LoadSettings:
     ``SCHED_IDLE``: it runs only when nothing else wants the core; measured: scanner wait p50 about
     16 ms against 18-29 ms at nice +19), ``nice`` (+19) or ``normal``; viewers poll for images
     ``poll_first_s`` after ``complete``, backing off to ``poll_max_s`` apart; ``log_dir`` keeps the
-    services' logs (default: a temporary directory, removed)."""
+    services' logs (default: a temporary directory, removed). ``split_cores`` (Linux, two or more usable
+    cores): the scanners (this process) run on the last core and the gateway, sampler and Redis on the
+    others, so that the load generator does not take the CPU of the plan path it measures (in a
+    deployment the scanners are other machines); recon keeps every core (:func:`split_cores`)."""
 
     scans: int = 16
     repeats: int = 4
@@ -74,6 +78,7 @@ class LoadSettings:
     recon_workers: int = 1
     recon_threads: int = 1
     recon_priority: Literal["idle", "nice", "normal"] = "idle"
+    split_cores: bool = True
     poll_first_s: float = 0.1
     poll_max_s: float = 1.0
     startup_timeout_s: float = 180.0
@@ -291,12 +296,37 @@ def deprioritise_process(pid: int, priority: str) -> list[int]:
     return changed
 
 
+def _pin_process(pid: int, cores: set[int]) -> None:
+    """Every thread of ``pid`` on ``cores`` (threads started later inherit their creator's)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cores)
+
+
+def split_cores(service_pids: dict[str, int]) -> dict[str, list[int]] | None:
+    """Scanners (the calling thread, and threads it starts) on the last usable core, ``service_pids``
+    (gateway, sampler, redis) on the others; None (nothing changed) without ``sched_setaffinity`` or
+    with fewer than two cores. Returns the split, as recorded in the report."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    scanners, services = {cores[-1]}, set(cores[:-1])
+    for pid in service_pids.values():
+        _pin_process(pid, services)
+    os.sched_setaffinity(0, scanners)
+    return {"scanners": sorted(scanners), "services": sorted(services)}
+
+
 def run_load_benchmark(settings: LoadSettings, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Start the stack, warm up, run the scanners, scrape the services; the JSON-ready report."""
     if settings.scans < 1 or settings.repeats < 1 or settings.shot_lines < 1:
         raise InvalidInputError(f"scans, repeats and shot_lines must be >= 1: {settings}")
     sources = load_sources(settings)
     load_before = list(os.getloadavg())
+    own_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    core_split = None
     with tempfile.TemporaryDirectory(prefix="kadapt-bench-load-") as tmp:
         stack = ProcessStack(
             data_dir=Path(tmp) / "data",
@@ -313,6 +343,10 @@ def run_load_benchmark(settings: LoadSettings, progress: Callable[[str], None] =
             if settings.recon_priority != "normal":
                 # Recon is batch work: on cores it shares with the plan path it must not delay plans.
                 deprioritise_process(stack.processes["recon"].pid, settings.recon_priority)
+            if settings.split_cores:
+                core_split = split_cores(
+                    {name: stack.processes[name].pid for name in ("gateway", "sampler", "redis")}
+                )
             asyncio.run(_warm_up(urls["gateway"], sources[0], settings))
             before = asyncio.run(_scrape_all(urls))
             pids = {name: process.pid for name, process in stack.processes.items()}
@@ -327,6 +361,8 @@ def run_load_benchmark(settings: LoadSettings, progress: Callable[[str], None] =
             after = asyncio.run(_scrape_all(urls))
             logs = _log_tails(stack.log_dir or Path(tmp)) if errors.statuses or errors.exceptions else {}
         finally:
+            if own_cores is not None:
+                os.sched_setaffinity(0, own_cores)
             stack.stop()
 
     scrapes = {name: ServiceScrape(before[name], after[name]) for name in before}
@@ -355,6 +391,7 @@ def run_load_benchmark(settings: LoadSettings, progress: Callable[[str], None] =
         load_before=load_before,
         client_loop_lag_ms=lags_ms,
         cores_busy_s=busy_after - busy_before,
+        core_split=core_split,
     )
 
 

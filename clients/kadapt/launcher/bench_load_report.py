@@ -261,6 +261,7 @@ def build_report(
     load_before: list[float],
     client_loop_lag_ms: list[float],
     cores_busy_s: float,
+    core_split: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report (layout in ``docs/benchmarks.md``)."""
     plans = [record for record in records if record.plan_ms is not None]
@@ -271,7 +272,7 @@ def build_report(
     return {
         "kind": "kadapt-bench-load",
         "version": 1,
-        "machine": {**_machine(), "load_average_start": load_before},
+        "machine": {**_machine(), "load_average_start": load_before, "core_split": core_split},
         "settings": settings,
         "volume": volume,
         "scans_total": len(records),

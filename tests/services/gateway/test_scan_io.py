@@ -1,4 +1,5 @@
-"""``ScanService._io``: file-system work runs in a worker thread and, once asked for, always finishes --
+"""``ScanIO``: the scanner path's file work runs in worker threads of its own and, once asked for, always
+finishes --
 a request cancelled meanwhile (a client gone, the MRD server's teardown) must not leave lines claimed in
 the session store whose samples were never written. Scan creation and ``DELETE`` keep the same promise
 for their files: a cancelled creation leaves no directory, a cancelled ``DELETE`` no files."""
@@ -10,9 +11,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from tests.services.gateway.conftest import Gateway, Scanner
 
+from kadapt.gateway.domain.scan_io import ScanIO
 from kadapt.gateway.domain.scans import ScanService
 from kadapt.schemas import ScanCreate, ScanPolicy
 
@@ -46,7 +49,7 @@ async def test_a_write_finishes_when_its_request_is_cancelled(cancel_after_start
         finished.set()
         return value
 
-    request = asyncio.create_task(ScanService._io(write, 7))
+    request = asyncio.create_task(ScanIO().run(write, 7))
     if cancel_after_start:
         assert await asyncio.to_thread(started.wait, 5.0)
     else:
@@ -61,13 +64,13 @@ async def test_a_write_finishes_when_its_request_is_cancelled(cancel_after_start
 
 
 async def test_the_result_and_errors_reach_the_caller() -> None:
-    assert await ScanService._io(lambda a, b: a + b, 2, 3) == 5
+    assert await ScanIO().run(lambda a, b: a + b, 2, 3) == 5
 
     def full() -> None:
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        await ScanService._io(full)
+        await ScanIO().run(full)
 
 
 async def test_a_cancelled_delete_still_removes_the_files(
@@ -106,3 +109,23 @@ async def test_a_cancelled_creation_leaves_no_directory(
         await request
     release.set()  # the creation finishes in its thread, then its files are removed
     await _until(lambda: not any(gateway.settings.scans_dir.iterdir()))
+
+
+async def test_line_writes_do_not_wait_for_the_default_executor(gateway: Gateway, scanner: Scanner) -> None:
+    """Bulk file work (job blobs with fsync, images, the trash) runs in asyncio's default executor; with
+    every one of its threads busy, an ingest request's line write still goes through at once."""
+    scan_id = await gateway.create_scan(scanner)
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    busy = [loop.run_in_executor(None, release.wait, 30.0) for _ in range(64)]  # more than it has threads
+    try:
+        async with asyncio.timeout(10.0):
+            response = await gateway.send(scan_id, scanner.readouts(scanner.lines_for([0, 1])))
+        assert response.status_code == 200, response.text
+        assert not any(future.done() for future in busy)  # the default executor was full all along
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+    stored = gateway.stored_kspace(scan_id)
+    assert np.all(np.abs(stored[..., [0, 1]]).sum(axis=(0, 1, 2, 3)) > 0)  # both lines were written
+    assert not stored[..., 2:].any()

@@ -27,6 +27,7 @@ from kadapt.gateway.domain.ingest import ParsedRequest, parse_request, prepare_l
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import Planner
 from kadapt.gateway.domain.rounds import PlanRounds, log_task_failure
+from kadapt.gateway.domain.scan_io import ScanIO
 from kadapt.gateway.domain.session import (
     INGEST_STATES,
     ScanSession,
@@ -67,6 +68,7 @@ class ScanService:
         self.blobs = blobs
         self.offload_bytes = offload_bytes
         self._locks: dict[str, asyncio.Lock] = {}
+        self.io = ScanIO()  # the scanner path's file work, in threads of its own (scan_io.py)
         self._background: set[asyncio.Task[Any]] = set()
         # Deleted scans' directories are renamed away at once and removed off the event loop (trash.py).
         self.trash = Trash(kspace_files.root, blobs.root / "scans")
@@ -83,20 +85,6 @@ class ScanService:
         """Run CPU work inline when small, in a worker thread when ``big``."""
         return await asyncio.to_thread(function, *args) if big else function(*args)
 
-    @staticmethod
-    async def _io(function: Callable[..., T], *args: Any) -> T:
-        """File-system work on a scan's samples, always in a worker thread: a write can wait behind the
-        volume's journal commit that another process's fsync started (recon results, blobs, Redis's AOF),
-        tens of ms measured under ``kadapt bench load``; on the event loop that wait would hold up every
-        other scan's plan. Shielded: a cancelled request still finishes the write its lines were claimed
-        for (the error, if any, is then logged)."""
-        work = asyncio.ensure_future(asyncio.to_thread(function, *args))
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            work.add_done_callback(log_task_failure)
-            raise
-
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
         self._background.add(task)
@@ -104,12 +92,13 @@ class ScanService:
         task.add_done_callback(log_task_failure)
 
     async def close(self) -> None:
-        """Cancel plan and background tasks (on shutdown)."""
+        """Cancel plan and background tasks (on shutdown); let file writes in progress finish."""
         await self.rounds.close()
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.io.close)
 
     def _plan_recorded(self, session: ScanSession) -> None:
         if session.policy.retrospective:
@@ -125,18 +114,16 @@ class ScanService:
         """Parse the header, check the policy against it, create the session and its k-space file."""
         session = creation.new_session(body, self.fallback_bundles)
         self.kspace_files.check_size(session.geometry)
-        # mkdir + file creation wait for the volume's journal like any write (see ``_io``): a worker
+        # mkdir + file creation wait for the volume's journal like any write (scan_io.py): a worker
         # thread, shielded; if the session is not stored (an error, a cancelled request), the files are
         # removed once their creation is over.
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self.kspace_files.create, session.scan_id, session.geometry)
-        )
+        work = self.io.submit(self.kspace_files.create, session.scan_id, session.geometry)
         try:
             await asyncio.shield(work)
             await self.store.create(session)
         except BaseException:
             work.add_done_callback(
-                lambda _: self._spawn(asyncio.to_thread(self.kspace_files.delete, session.scan_id))
+                lambda _: self._spawn(self.io.run(self.kspace_files.delete, session.scan_id))
             )
             raise
         log.info("scan_created", scan_id=session.scan_id, geometry=session.geometry.model_dump())
@@ -259,7 +246,7 @@ class ScanService:
                 lines = await self._run(
                     big, prepare_lines, parsed.data[keep], parsed.reverse[keep], session.geometry.height
                 )
-                await self._io(
+                await self.io.run(
                     self.kspace_files.write_lines,
                     scan_id,
                     parsed.slices[keep],
@@ -268,7 +255,7 @@ class ScanService:
                     lines,
                 )
             for block in parsed.noise:
-                await self._io(self.kspace_files.save_noise, scan_id, block)
+                await self.io.run(self.kspace_files.save_noise, scan_id, block)
         except OSError as error:
             # The samples did not reach the volume: undo the claim so the scanner can send them again.
             await self.store.release_lines(scan_id, parsed.keys[keep].tolist())
@@ -331,7 +318,7 @@ class ScanService:
             keys = np.array(dropped, dtype=np.int64)
             slices, rest = np.divmod(keys, geometry.frames * geometry.width)
             frames, columns = np.divmod(rest, geometry.width)
-            await self._io(self.kspace_files.zero_lines, scan_id, slices, frames, columns)
+            await self.io.run(self.kspace_files.zero_lines, scan_id, slices, frames, columns)
 
             def count(current: ScanSession) -> None:
                 current.skipped_unplanned += len(dropped)
