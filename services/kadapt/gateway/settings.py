@@ -41,7 +41,7 @@ class GatewaySettings(BaseSettings, AuthSettings):
     sampler_margin_ms: float = Field(
         default=2.0, ge=0.0, description="safety margin kept from the plan deadline for the fallback"
     )
-    sampler_margin_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    sampler_margin_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
     sampler_pool_size: int = Field(default=32, gt=0)
     offload_bytes: int = Field(
         default=256 * 1024,
