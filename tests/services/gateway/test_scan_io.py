@@ -7,6 +7,7 @@ for their files: a cancelled creation leaves no directory, a cancelled ``DELETE`
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from tests.services.gateway.conftest import Gateway, Scanner
 
-from kadapt.gateway.domain.scan_io import ScanIO
+from kadapt.gateway.domain.scan_io import BACKGROUND_NICE, ScanIO
 from kadapt.gateway.domain.scans import ScanService
 from kadapt.schemas import ScanCreate, ScanPolicy
 
@@ -129,3 +130,15 @@ async def test_line_writes_do_not_wait_for_the_default_executor(gateway: Gateway
     stored = gateway.stored_kspace(scan_id)
     assert np.all(np.abs(stored[..., [0, 1]]).sum(axis=(0, 1, 2, 3)) > 0)  # both lines were written
     assert not stored[..., 2:].any()
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice values are Linux's")
+async def test_bulk_work_runs_niced_and_the_scanner_path_does_not(gateway: Gateway) -> None:
+    """The gateway's bulk work (asyncio's default executor once the app runs) yields the core to the plan
+    path; the scanner path's own threads keep the loop's priority."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    service: ScanService = gateway.app.state.service
+    background = await asyncio.to_thread(os.getpriority, os.PRIO_PROCESS, 0)
+    scanner_path = await service.io.compute(os.getpriority, os.PRIO_PROCESS, 0)
+    assert background == min(19, own + BACKGROUND_NICE)
+    assert scanner_path == own

@@ -26,6 +26,7 @@ from kadapt.gateway.api.routes import router
 from kadapt.gateway.domain.fallbacks import FallbackBundles
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import PlanMetrics, Planner, SamplerClient
+from kadapt.gateway.domain.scan_io import background_executor
 from kadapt.gateway.domain.scans import ScanService
 from kadapt.gateway.domain.store import MemorySessionStore, RedisSessionStore, SessionStore
 from kadapt.gateway.mrd_server import MrdServer
@@ -92,6 +93,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Bulk work (job blobs, images, the trash) behind the scanner's path: see scan_io.py.
+        background = background_executor()
+        asyncio.get_running_loop().set_default_executor(background)
         watcher = asyncio.create_task(
             watch_loop_lag(
                 loop_lag.observe,

@@ -20,7 +20,6 @@ its fallback (``image-missing``, degraded): the scanner always gets a plan.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -91,10 +90,10 @@ def sense_image_npy(kspace_files: KspaceFiles, session: ScanSession, context: Pl
     return encode_npy(image)
 
 
-async def with_sense_image(
+def with_sense_image_payload(
     context: PlanContext, session: ScanSession, kspace_files: KspaceFiles
 ) -> PlanContext:
-    """``context`` carrying the SENSE image so far as its ``sense-image`` payload (computed off the event
-    loop); without a payload when the image cannot be made."""
-    npy = await asyncio.to_thread(sense_image_npy, kspace_files, session, context)
+    """``context`` carrying the SENSE image so far as its ``sense-image`` payload; without a payload
+    when the image cannot be made (blocking: ``PlanRounds`` runs it in a worker thread)."""
+    npy = sense_image_npy(kspace_files, session, context)
     return dataclasses.replace(context, acs_npy=npy, payload=SENSE_IMAGE)

@@ -24,6 +24,7 @@ from kadapt.gateway.domain import completion, creation, dynamic_plans
 from kadapt.gateway.domain.images import encode_npy
 from kadapt.gateway.domain.kspace_files import KspaceFiles
 from kadapt.gateway.domain.planning import PlanContext, Planner, fallback_plan
+from kadapt.gateway.domain.scan_io import ScanIO
 from kadapt.gateway.domain.session import ScanSession, keys_to_mask, now_unix_ms
 from kadapt.gateway.domain.store import SessionStore
 from kadapt.masks import mask_families
@@ -52,9 +53,11 @@ class PlanRounds:
         store: SessionStore,
         planner: Planner,
         kspace_files: KspaceFiles,
+        io: ScanIO | None = None,
         on_recorded: Callable[[ScanSession], None] | None = None,
     ) -> None:
         self.store = store
+        self.io = io or ScanIO()
         self.planner = planner
         self.kspace_files = kspace_files
         self.on_recorded = on_recorded
@@ -113,7 +116,9 @@ class PlanRounds:
         context = self.context(session, with_acs=needs_scan_data)
         if needs_scan_data and session.plan_payload == dynamic_plans.SENSE_IMAGE:
             # ADS rounds look at the SENSE image so far instead of the ACS (made in a worker thread).
-            context = await dynamic_plans.with_sense_image(context, session, self.kspace_files)
+            context = await self.io.compute(
+                dynamic_plans.with_sense_image_payload, context, session, self.kspace_files
+            )
         plan = await self.planner.plan(context)
         return await self.record(session.scan_id, plan, read=session)
 

@@ -73,7 +73,11 @@ class ScanService:
         # Deleted scans' directories are renamed away at once and removed off the event loop (trash.py).
         self.trash = Trash(kspace_files.root, blobs.root / "scans")
         self.rounds = PlanRounds(
-            store=store, planner=planner, kspace_files=kspace_files, on_recorded=self._plan_recorded
+            store=store,
+            planner=planner,
+            kspace_files=kspace_files,
+            io=self.io,
+            on_recorded=self._plan_recorded,
         )
 
     # --- helpers -------------------------------------------------------------------------------------
@@ -83,7 +87,7 @@ class ScanService:
 
     async def _run(self, big: bool, function: Callable[..., T], *args: Any) -> T:
         """Run CPU work inline when small, in a worker thread when ``big``."""
-        return await asyncio.to_thread(function, *args) if big else function(*args)
+        return await self.io.compute(function, *args) if big else function(*args)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
