@@ -48,7 +48,7 @@ NOTES = {
     "KADAPT_GATEWAY_SAMPLER_URL": "the sampler service (a Kubernetes Service / compose name for replicas)",
     "KADAPT_GATEWAY_DATA_DIR": "`scans/` (per-scan k-space) and `blobs/` (shared with recon)",
     "KADAPT_GATEWAY_MAX_BODY_BYTES": "largest request body (413 above)",
-    "KADAPT_GATEWAY_SAMPLER_MARGIN_FRACTION": "fraction of the plan deadline kept for the fallback",
+    "KADAPT_GATEWAY_SAMPLER_MARGIN_FRACTION": "share of the deadline kept for recording and answering",
     "KADAPT_GATEWAY_SAMPLER_POOL_SIZE": "HTTP connections to the sampler",
     "KADAPT_GATEWAY_LOG_JSON": "structured JSON logs (structlog); false: console format",
     "KADAPT_GATEWAY_LOG_LEVEL": "log level",

@@ -39,9 +39,11 @@ class GatewaySettings(BaseSettings, AuthSettings):
         default=8 * 1024**3, gt=0, description="largest per-scan k-space file a header may ask for"
     )
     sampler_margin_ms: float = Field(
-        default=2.0, ge=0.0, description="safety margin kept from the plan deadline for the fallback"
+        default=2.0,
+        ge=0.0,
+        description="least margin kept from the plan deadline for recording and answering",
     )
-    sampler_margin_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    sampler_margin_fraction: float = Field(default=0.3, ge=0.0, lt=1.0)
     sampler_pool_size: int = Field(default=32, gt=0)
     offload_bytes: int = Field(
         default=256 * 1024,

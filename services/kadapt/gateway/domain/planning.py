@@ -334,7 +334,7 @@ class Planner:
         *,
         sampler_url: str,
         margin_ms: float = 2.0,
-        margin_fraction: float = 0.15,
+        margin_fraction: float = 0.3,
         metrics: PlanMetrics | None = None,
         binary_acs: bool = True,
         token: str | None = None,
@@ -365,9 +365,11 @@ class Planner:
         return "ready" if response.status_code == 200 else f"unready: http-{response.status_code}"
 
     def margin_for(self, policy: ScanPolicy) -> float:
-        """Milliseconds kept back from the deadline to record and send the answer, the fallback at worst:
-        one compare-and-set and the HTTP answer, 2-4 ms typical and 10 ms and more on a loaded gateway
-        (``kadapt bench load``, docs/benchmarks.md), hence 15 % by default (7.5 ms of 50 ms)."""
+        """Milliseconds kept back from the deadline for what follows the decision: recording it (one
+        compare-and-set), the answer's way back, and the request's way in, which the gateway's clock
+        (started when the request reached the app) does not see but the scanner's does. Under
+        ``kadapt bench load`` the two HTTP legs took up to 7.6 and 8.1 ms (p99) of a scanner's wait
+        (docs/benchmarks.md), hence 30 % by default: 15 ms of a 50 ms deadline."""
         return max(self.margin_ms, self.margin_fraction * policy.plan_deadline_ms)
 
     async def plan(self, context: PlanContext) -> PlanResponse:
