@@ -91,8 +91,8 @@ FAST = settings(
 )
 # Every SessionStore operation except the health probe and shutdown: what "touching a session" means.
 SESSION_OPERATIONS = frozenset(
-    {"create", "get", "update", "claim_lines", "release_lines", "promote_staged", "count_present",
-     "line_keys", "count_lines", "delete"}
+    {"create", "get", "update", "claim_lines", "claim_and_count", "release_lines", "promote_staged",
+     "count_present", "line_keys", "count_lines", "delete"}
 )  # fmt: skip
 
 
