@@ -53,11 +53,11 @@ class PlanRounds:
         store: SessionStore,
         planner: Planner,
         kspace_files: KspaceFiles,
-        io: ScanIO | None = None,
+        io: ScanIO,
         on_recorded: Callable[[ScanSession], None] | None = None,
     ) -> None:
         self.store = store
-        self.io = io or ScanIO()
+        self.io = io  # the scan service's: an ADS round's SENSE image is computed in its threads
         self.planner = planner
         self.kspace_files = kspace_files
         self.on_recorded = on_recorded
