@@ -99,7 +99,9 @@ def create_app(
         watcher = asyncio.create_task(
             watch_loop_lag(
                 loop_lag.observe,
-                on_stall=lambda lag: log.warning("event_loop_stall", lag_ms=round(lag * 1e3, 1)),
+                on_stall=lambda lag, stalls: log.info(
+                    "event_loop_stall", lag_ms=round(lag * 1e3, 1), stalls=stalls
+                ),
             )
         )
         try:

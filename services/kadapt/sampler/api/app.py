@@ -191,7 +191,9 @@ def create_app(settings: SamplerSettings, *, registry: PolicyRegistry | None = N
         watcher = asyncio.create_task(
             watch_loop_lag(
                 observer.loop_lag_seconds.observe,
-                on_stall=lambda lag: logger.warning("event loop stalled %.1f ms", lag * 1000.0),
+                on_stall=lambda lag, stalls: logger.info(
+                    "event loop stalled: %d wake-ups 25 ms late or more, the worst %.1f ms", stalls, lag * 1e3
+                ),
             )
         )
         try:
